@@ -47,7 +47,7 @@ class Recipe:
 
 RECIPES = (
     Recipe("fmnist-lenet5", "lenet5", epochs=5, lr=0.05, finetune_modules=("classifier",)),
-    Recipe("fmnist-resnet8", "resnet8", epochs=6, lr=0.1, finetune_modules=("layer3", "fc")),
+    Recipe("fmnist-resnet8", "resnet8", epochs=5, lr=0.1, finetune_modules=("layer3", "fc")),
     Recipe("fmnist-mobilenetv2", "mobilenetv2_small", epochs=6, lr=0.1,
            finetune_modules=("features.7", "features.8", "classifier")),
 )
@@ -91,7 +91,7 @@ def _train_epochs(model, params, x, y, *, epochs, lr, wd, batch_size, gen, on_ep
             loss.backward()
             opt.step()
             sched.step()
-        on_epoch(epoch, float(loss))
+        on_epoch(epoch, float(loss.detach()))
 
 
 def build_anchor(recipe: Recipe, out_root: Path, log=print) -> dict:
@@ -194,6 +194,20 @@ def write_manifest(entries: dict[str, dict], path: Path) -> None:
     path.write_text("\n".join(lines))
 
 
+def update_manifest(name: str, entry: dict, path: Path) -> None:
+    """Replace one anchor's entry in the manifest, under a file lock (builds may run in parallel)."""
+    import fcntl
+    import tomllib
+
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        entries = tomllib.loads(path.read_text())["anchors"] if path.exists() else {}
+        entries[name] = entry
+        order = [r.anchor for r in RECIPES]
+        write_manifest(dict(sorted(entries.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)),
+                       path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nnconform.zoo", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -201,18 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--only", nargs="*", help="anchor names to (re)build; others keep their manifest entry")
     b.add_argument("--out", type=Path, default=None, help="anchors folder (default: the repository's)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
+    # One thread: the same bytes on every run of a machine, and no thread oversubscription when
+    # several anchors are built in parallel (`--only A & --only B`).
+    torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     root = args.out or anchors_dir()
-    manifest = root / "zoo.toml"
-    entries: dict[str, dict] = {}
-    if manifest.exists() and args.only:
-        import tomllib
-
-        entries = tomllib.loads(manifest.read_text())["anchors"]
     for recipe in RECIPES:
         if args.only and recipe.anchor not in args.only:
             continue
-        entries[recipe.anchor] = build_anchor(recipe, root / "zoo")
-        write_manifest(entries, manifest)
+        update_manifest(recipe.anchor, build_anchor(recipe, root / "zoo"), root / "zoo.toml")
     return 0

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Set up nnconform on a fresh Debian/Ubuntu machine with Python 3.11: a .venv in the repository
+# root with every Python dependency, and the Fashion-MNIST data package when we may install it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+pip_q() { .venv/bin/pip install --progress-bar off "$@"; }
+
+if [ ! -x .venv/bin/python ]; then
+  if ! "$PYTHON" -m venv .venv 2>/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      apt-get update -qq && apt-get install -y -qq python3-venv
+      rm -rf .venv && "$PYTHON" -m venv .venv
+    else
+      echo "error: '$PYTHON -m venv' failed; install python3-venv (sudo apt-get install python3-venv)" >&2
+      exit 1
+    fi
+  fi
+fi
+pip_q --upgrade pip
+# torch first and pinned: the CUDA wheels of 2.14.1 run on the CPU; torchvision 0.29.1 matches it.
+pip_q torch==2.14.1 torchvision==0.29.1
+pip_q -e ".[test]"
+# foolbox ships the 20 labelled ImageNet sample images we use offline; its code is never imported.
+pip_q --no-deps foolbox==3.3.4
+
+FMNIST=/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+if [ ! -f "$FMNIST" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
+  else
+    echo "note: Fashion-MNIST is not installed. Run 'sudo apt-get install dataset-fashion-mnist', or pass"
+    echo "      --nnc-data-dir DIR with the four IDX files; otherwise those cases skip saying so."
+  fi
+fi
+touch .venv/.nnconform-installed

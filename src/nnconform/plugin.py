@@ -1,0 +1,205 @@
+"""The pytest plugin (entry point ``pytest11``): options, markers and fixtures, nothing else.
+
+The work lives in :class:`nnconform.session.ConformanceSession`, kept in ``config.stash``; the
+report is rendered once, when the session finishes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from .paths import default_cache_dir, default_report_dir
+from .records import CheckRecord, Status
+from .session import (RECORD_PROPERTY, TIERS, ConformanceSession, Outcome, RunConfig, record_from_property,
+                      record_to_property)
+
+SESSION_KEY = pytest.StashKey[ConformanceSession]()
+
+
+def _tier(value: str) -> str:
+    if value not in TIERS:
+        raise pytest.UsageError(f"--nnc-tier {value!r}: choose one of {', '.join(TIERS)}")
+    return value
+
+
+def _existing_dir(value: str) -> str:
+    if not Path(value).is_dir():
+        raise pytest.UsageError(f"--nnc-data-dir {value!r}: no such folder")
+    return value
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("nnconform", "nnconform conformance suite")
+    group.addoption("--nnc-anchors", default="default", metavar="SPEC",
+                    help="anchors to evaluate: 'default' (embedded, offline), 'all', a family "
+                         "(zoo, efficientnet-lite, torchvision) or comma-separated names/globs")
+    group.addoption("--nnc-tier", default="default", type=_tier, metavar="|".join(TIERS),
+                    help="how much of the suite runs: quick (CI), default, full (default: %(default)s)")
+    group.addoption("--nnc-data-dir", default=None, type=_existing_dir, metavar="DIR",
+                    help="folder holding the Fashion-MNIST IDX files (default: /usr/share/datasets/fashion-mnist)")
+    group.addoption("--nnc-imagenet", default=None, metavar="SOURCE",
+                    help="ImageNet-1k validation: Hugging Face hub id, local imagefolder or parquet path")
+    group.addoption("--nnc-cache-dir", default=None, metavar="DIR",
+                    help=f"evaluation cache (default: {default_cache_dir()})")
+    group.addoption("--nnc-report-dir", default=None, metavar="DIR",
+                    help=f"where runs write <run-id>/ (default: {default_report_dir()})")
+    group.addoption("--nnc-run-id", default=None, metavar="ID", help="name of the report folder (default: timestamp)")
+    group.addoption("--nnc-no-report", action="store_true", help="do not write a report")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "tier(name): lowest tier (quick|default|full) at which the case runs")
+    config.addinivalue_line("markers", "criterion(name): the conformance criterion of the case")
+    torch.manual_seed(0)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    cache = config.getoption("--nnc-cache-dir")
+    report = config.getoption("--nnc-report-dir")
+    run = RunConfig(
+        anchors=config.getoption("--nnc-anchors"),
+        tier=config.getoption("--nnc-tier"),
+        data_dir=config.getoption("--nnc-data-dir"),
+        imagenet=config.getoption("--nnc-imagenet"),
+        cache_dir=Path(cache) if cache else default_cache_dir(),
+        report_dir=Path(report) if report else default_report_dir(),
+        run_id=config.getoption("--nnc-run-id"),
+        write_report=not config.getoption("--nnc-no-report"),
+    )
+    config.stash[SESSION_KEY] = ConformanceSession(run)
+    config.pluginmanager.register(_RecordCollector(config.stash[SESSION_KEY]), "nnconform-records")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect cases outside ``--nnc-anchors`` and above ``--nnc-tier``."""
+    from .anchors import select_anchors
+
+    session = config.stash[SESSION_KEY]
+    selected = None
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        anchor = callspec.params.get("anchor_name") if callspec else None
+        if anchor is not None:
+            if selected is None:
+                try:
+                    selected = set(select_anchors(session.config.anchors))
+                except KeyError as exc:
+                    raise pytest.UsageError(f"--nnc-anchors {session.config.anchors!r}: {exc.args[0]}") from None
+            if anchor not in selected:
+                drop.append(item)
+                continue
+        marker = item.get_closest_marker("tier")
+        if marker is not None and not session.config.tier_allows(marker.args[0]):
+            drop.append(item)
+            continue
+        keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture(scope="session")
+def nnc_session(request: pytest.FixtureRequest) -> ConformanceSession:
+    """The run's :class:`ConformanceSession` (anchors, datasets and references loaded once)."""
+    return request.config.stash[SESSION_KEY]
+
+
+@pytest.fixture(scope="session")
+def nnc_config(nnc_session: ConformanceSession) -> RunConfig:
+    """The ``--nnc-*`` options."""
+    return nnc_session.config
+
+
+@pytest.fixture(scope="session")
+def nnc_evaluator(nnc_session: ConformanceSession):
+    """The cached evaluation engine."""
+    return nnc_session.evaluator
+
+
+@pytest.fixture
+def nnc_record(request: pytest.FixtureRequest):
+    """Add a :class:`CheckRecord` to the report; returns the record so the test can assert on it."""
+    marker = request.node.get_closest_marker("criterion")
+
+    def record(rec: CheckRecord) -> CheckRecord:
+        rec.nodeid = request.node.nodeid
+        if not rec.criterion and marker is not None:
+            rec.criterion = marker.args[0]
+        request.node.user_properties.append(record_to_property(rec))
+        return rec
+
+    return record
+
+
+class _RecordCollector:
+    """Feeds test reports (and the records they carry) into the run's session."""
+
+    def __init__(self, run: ConformanceSession) -> None:
+        self.run = run
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "call" or report.outcome != "passed":
+            for name, value in report.user_properties:
+                if name == RECORD_PROPERTY:
+                    self.run.add_record(record_from_property(value))
+            report.user_properties[:] = [(n, v) for n, v in report.user_properties if n != RECORD_PROPERTY]
+        outcome = report.outcome
+        if report.when != "call" and report.outcome == "failed":
+            outcome = "error"
+        message = ""
+        if report.skipped and isinstance(report.longrepr, tuple):
+            message = str(report.longrepr[2]).removeprefix("Skipped: ")
+        elif report.failed:
+            message = report.longreprtext
+        self.run.add_outcome(Outcome(report.nodeid, outcome, report.duration, message))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    if SESSION_KEY not in config.stash or hasattr(config, "workerinput"):
+        return  # xdist workers send their reports to the controller, which writes the report
+    run = config.stash[SESSION_KEY]
+    if not run.config.write_report or not (run.records or _ran_conformance(run)):
+        return
+    from .report import write_report
+
+    bench = getattr(config, "_benchmarksession", None)
+    if bench is not None:
+        run.benchmarks = [_benchmark_dict(b) for b in getattr(bench, "benchmarks", [])]
+    run_dir = write_report(run, exitstatus=int(exitstatus))
+    config.stash[_REPORT_PATH] = run_dir
+
+
+_REPORT_PATH = pytest.StashKey[Path]()
+
+
+def _ran_conformance(run: ConformanceSession) -> bool:
+    return any(nodeid.startswith("conformance/") or "/conformance/" in nodeid for nodeid in run.outcomes)
+
+
+def _benchmark_dict(bench) -> dict:
+    stats = getattr(bench, "stats", None)
+    out = {"name": getattr(bench, "name", ""), "fullname": getattr(bench, "fullname", ""),
+           "group": getattr(bench, "group", None)}
+    if stats is not None:
+        for key in ("min", "max", "mean", "stddev", "median", "rounds", "iterations"):
+            out[key] = getattr(stats, key, None)
+    return out
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if _REPORT_PATH in config.stash:
+        path = config.stash[_REPORT_PATH]
+        run = config.stash[SESSION_KEY]
+        c = run.counts()
+        terminalreporter.write_sep("-", "nnconform report")
+        terminalreporter.write_line(f"{len(run.records)} check records; {c['passed']} passed, {c['failed']} failed, "
+                                    f"{c['error']} errors, {c['skipped']} skipped")
+        terminalreporter.write_line(f"report: {path / 'summary.md'}")
+        terminalreporter.write_line(f"        {path / 'results.json'}")
+
+
+__all__ = ["nnc_session", "nnc_config", "nnc_evaluator", "nnc_record", "Status"]
