@@ -46,7 +46,7 @@ class Recipe:
 
 
 RECIPES = (
-    Recipe("fmnist-lenet5", "lenet5", epochs=5, lr=0.05, finetune_modules=("classifier",)),
+    Recipe("fmnist-lenet5", "lenet5", epochs=8, lr=0.05, finetune_modules=("classifier",)),
     Recipe("fmnist-resnet8", "resnet8", epochs=5, lr=0.1, finetune_modules=("layer3", "fc")),
     Recipe("fmnist-mobilenetv2", "mobilenetv2_small", epochs=6, lr=0.1,
            finetune_modules=("features.7", "features.8", "classifier")),
