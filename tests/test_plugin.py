@@ -55,6 +55,8 @@ def test_failing_gate_fails_the_run_and_the_report_says_why(suite):
     summary = (suite.path / "reports" / "r1" / "summary.md").read_text()
     assert "**Verdict: FAIL**" in summary and "## Criterion: demo" in summary
     assert "| demo.check | efficientnet-lite0 | FAIL |" in summary
+    page = (suite.path / "reports" / "r1" / "index.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and '<td class="s-fail">FAIL</td>' in page
 
 
 def test_anchor_filter_deselects(suite):

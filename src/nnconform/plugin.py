@@ -50,7 +50,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--nnc-no-report", action="store_true", help="do not write a report")
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    if getattr(config.option, "dist", "no") == "load":
+        # pytest-xdist: keep an anchor's cases on one worker so each worker loads a model once
+        config.option.dist = "loadgroup"
     config.addinivalue_line("markers", "tier(name): lowest tier (quick|default|full) at which the case runs")
     config.addinivalue_line("markers", "criterion(name): the conformance criterion of the case")
     torch.manual_seed(0)
@@ -76,12 +80,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     from .anchors import select_anchors
 
     session = config.stash[SESSION_KEY]
+    parallel = bool(getattr(config.option, "numprocesses", None)) or hasattr(config, "workerinput")
     selected = None
     keep, drop = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
         anchor = callspec.params.get("anchor_name") if callspec else None
+        if parallel and "benchmark" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.skip(reason="timing case: pytest-benchmark does not run under "
+                                                    "pytest-xdist; run without -n to measure latency"))
         if anchor is not None:
+            item.add_marker(pytest.mark.xdist_group(anchor))
             if selected is None:
                 try:
                     selected = set(select_anchors(session.config.anchors))

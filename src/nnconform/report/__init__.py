@@ -1,4 +1,5 @@
-"""The report: ``reports/<run-id>/results.json`` and ``summary.md``, rendered once per run.
+"""The report: ``reports/<run-id>/results.json``, ``summary.md`` and a self-contained ``index.html``,
+rendered once per run.
 
 Criteria add their own tables, plots and curve files through :data:`SECTIONS`: a section is a
 function ``(ReportContext) -> str`` returning Markdown; it may write files into
@@ -182,6 +183,41 @@ def render_summary(run, results: dict, sections: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+_HTML_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.85em; display: block; overflow-x: auto; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: left; vertical-align: top; }
+th { background: #f0f0f0; } tr:nth-child(even) { background: #fafafa; }
+td:nth-child(3) { white-space: nowrap; } img { max-width: 100%; border: 1px solid #ddd; }
+code { background: #f4f4f4; padding: 0 0.2em; } h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; }
+"""
+
+
+def render_html(summary_md: str, run_dir: Path, title: str) -> str:
+    """``index.html``: the summary as one self-contained page (plots embedded as data URIs)."""
+    import base64
+    import html
+    import re
+
+    import markdown
+
+    body = markdown.markdown(summary_md, extensions=["tables"], output_format="html")
+
+    def embed(match: re.Match) -> str:
+        src = match.group(2)
+        path = (run_dir / src).resolve()
+        if path.suffix.lower() == ".png" and path.is_file() and run_dir.resolve() in path.parents:
+            data = base64.b64encode(path.read_bytes()).decode()
+            return f'{match.group(1)}"data:image/png;base64,{data}"'
+        return match.group(0)
+
+    body = re.sub(r'(<img[^>]*?src=)"([^"]+)"', embed, body)
+    body = re.sub(r"<td>(PASS|FAIL|ERROR|SKIP|INFO)</td>", lambda m: f'<td class="s-{m.group(1).lower()}">{m.group(1)}</td>', body)
+    colours = ".s-pass{color:#1a7f37;font-weight:600}.s-fail,.s-error{color:#cf222e;font-weight:600}.s-skip{color:#9a6700}"
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{_HTML_STYLE}{colours}</style></head><body>\n{body}\n</body></html>\n")
+
+
 def _atomic_write(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -204,7 +240,9 @@ def write_report(run, exitstatus: int = 0) -> Path:
                 sections[name] = f"(section {name} failed to render: {type(exc).__name__}: {exc})"
     results = results_dict(run, exitstatus, ctx.artifacts)
     _atomic_write(run_dir / "results.json", json.dumps(results, indent=1, sort_keys=False) + "\n")
-    _atomic_write(run_dir / "summary.md", render_summary(run, results, sections))
+    summary = render_summary(run, results, sections)
+    _atomic_write(run_dir / "summary.md", summary)
+    _atomic_write(run_dir / "index.html", render_html(summary, run_dir, f"nnconform report {run.run_id}"))
     latest = Path(run.config.report_dir) / "latest"
     try:
         if latest.is_symlink() or latest.exists():

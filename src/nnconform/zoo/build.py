@@ -111,7 +111,9 @@ def build_anchor(recipe: Recipe, out_root: Path, log=print) -> dict:
     def save(name: str, note: str, t0: float) -> None:
         path = folder / f"{name}.safetensors"
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(path), metadata={"anchor": recipe.anchor, "checkpoint": name})
+        # One metadata key only: safetensors writes a multi-key metadata map in an order that
+        # varies between processes, which would make the same weights hash differently.
+        save_file(state, str(path), metadata={"nnconform": f"{recipe.anchor}/{name}"})
         acc = _test_accuracy(model, x_test, y_test)
         checkpoints.append({"name": name, "path": str(path.relative_to(out_root.parent)), "sha256": sha256_file(path),
                             "top1": round(acc, 6), "note": note})
