@@ -23,6 +23,10 @@ pip_q torch==2.14.1 torchvision==0.29.1
 pip_q -e ".[test]"
 # foolbox ships the 20 labelled ImageNet sample images we use offline; its code is never imported.
 pip_q --no-deps foolbox==3.3.4
+# MPEG NNC reference codec (Fraunhofer HHI); its numpy<2 pin is not needed, so no deps from it.
+# Builds a C++ extension (about 2.5 minutes).
+pip_q h5py ptflops torchmetrics opencv-python-headless
+.venv/bin/python -c "import nncodec" 2>/dev/null || pip_q --no-deps nncodec==2.1.3
 
 FMNIST=/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 if [ ! -f "$FMNIST" ]; then
