@@ -1,0 +1,312 @@
+"""AIMET model compression, exactly the SA4-documented path: ``ModelCompressor.compress_model``.
+
+Spatial SVD, channel pruning and weight SVD in auto mode: greedy per-layer ratio selection
+(``GreedySelectionParameters``), cost metric MAC, an eval callback that scores top-1 on a fixed
+slice of the calibration set. The compressed model is serialized as its structure changes (the
+layers AIMET split or pruned, as JSON over plain torch layers) plus float32 safetensors.
+
+AIMET writes ``./data/`` (its greedy eval-score pickles) into the working directory, so every call
+runs inside a private temporary folder (:func:`aimet_workdir`), never the repository or the user's
+folder. The per-layer eval scores do not depend on the target ratio; they are kept as JSON in the
+cache (keyed by model, scheme and calibration) and handed back to AIMET for the other ratios, so
+three target ratios cost one sweep. The hand-off file AIMET reads is written by this module from
+that validated JSON, in the private folder, just before the call: no pickle from disk is trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import pickle
+import threading
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..hashing import module_sha256, sha256_bytes
+from .base import (CompressedModel, CompressionContext, CompressionError, CompressorConfig, CompressorUnavailable,
+                   register_compressor)
+from .baselines import decode_float_model, encode_float_model
+
+_CWD_LOCK = threading.Lock()
+SCHEMES = {"aimet-ssvd": "spatial_svd", "aimet-cp": "channel_pruning", "aimet-wsvd": "weight_svd"}
+
+
+@contextlib.contextmanager
+def aimet_workdir(folder: Path):
+    """chdir into ``folder`` for the duration (AIMET writes ``./data``); restores the old CWD."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with _CWD_LOCK:
+        old = os.getcwd()
+        os.chdir(folder)
+        try:
+            yield folder
+        finally:
+            os.chdir(old)
+
+
+def quiet_aimet() -> None:
+    """AIMET logs every eval score at INFO; keep warnings only."""
+    try:
+        from aimet_torch.common.utils import AimetLogger
+
+        AimetLogger.set_level_for_all_areas(logging.WARNING)
+    except Exception:  # logging is cosmetic; never fail a case over it
+        pass
+
+
+def _import_aimet_compress():
+    try:
+        from aimet_torch.compress import ModelCompressor
+        from aimet_torch.common import defs as cdefs
+        from aimet_torch import defs as tdefs
+    except ImportError as exc:
+        raise CompressorUnavailable(f"AIMET compression needs aimet-torch==2.42.0 ({exc}); "
+                                    f"`pip install aimet-torch==2.42.0`") from None
+    quiet_aimet()
+    return ModelCompressor, cdefs, tdefs
+
+
+@dataclass(frozen=True)
+class AimetCompressionConfig(CompressorConfig):
+    """AIMET auto-mode compression with greedy selection.
+
+    ``target_ratio``: compressed cost / original cost (MAC); ``num_candidates``: per-layer ratio
+    candidates (AIMET's default 10); ``eval_samples``: calibration images the eval callback scores;
+    ``ignore``: module names left uncompressed; ``multiplicity``: rank/channel rounding.
+    """
+
+    target_ratio: float = 0.5
+    num_candidates: int = 10
+    eval_samples: int = 256
+    cost_metric: str = "mac"
+    ignore: tuple[str, ...] = ()
+    multiplicity: int = 1
+    use_monotonic_fit: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check_range("target_ratio", 0.0, 1.0, lo_open=True, hi_open=True)
+        self._check_range("num_candidates", 2, 100)
+        self._check_range("eval_samples", 1, 100_000)
+        self._check_choice("cost_metric", ("mac", "memory"))
+        self._check_range("multiplicity", 1, 1024)
+        if not all(isinstance(n, str) for n in self.ignore):
+            raise ValueError(f"{self.method}: ignore must be a list of module names, got {self.ignore!r}")
+
+
+@dataclass(frozen=True)
+class AimetChannelPruningConfig(AimetCompressionConfig):
+    """Channel pruning adds the reconstruction step: ``reconstruction_samples`` calibration images."""
+
+    reconstruction_samples: int = 512
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check_range("reconstruction_samples", 1, 1_000_000)
+        self._check_range("batch_size", 1, 4096)
+
+
+def _eval_scores_key(model: nn.Module, config: AimetCompressionConfig, ctx: CompressionContext) -> str:
+    spec = config.to_dict()
+    spec.pop("target_ratio")
+    spec.pop("claimed_tier")
+    spec.update(model=module_sha256(model), calibration=ctx.calibration.fingerprint)
+    return sha256_bytes(json.dumps(spec, sort_keys=True).encode())[:24]
+
+
+def _read_eval_scores(path: Path) -> dict[str, dict[Decimal, float]] | None:
+    """The cached per-layer eval scores (JSON), validated; None when absent or malformed."""
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+        scores = {str(layer): {Decimal(str(r)): float(s) for r, s in table.items()} for layer, table in raw.items()}
+    except (ValueError, TypeError, AttributeError, ArithmeticError):
+        return None
+    return scores or None
+
+
+def _write_eval_scores(path: Path, scores: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({layer: {str(r): float(s) for r, s in table.items()} for layer, table in scores.items()},
+                              indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+class AimetCompressor:
+    """Shared handler of the three AIMET compression schemes."""
+
+    name = ""
+    config_cls: type[AimetCompressionConfig] = AimetCompressionConfig
+    description = ""
+
+    def _scheme_params(self, model, config, ctx, greedy, cdefs, tdefs, ignore_modules):
+        raise NotImplementedError
+
+    def compress(self, model: nn.Module, config: AimetCompressionConfig, ctx: CompressionContext) -> CompressedModel:
+        ModelCompressor, cdefs, tdefs = _import_aimet_compress()
+        reference = copy.deepcopy(model).eval()
+        work = copy.deepcopy(model).eval()
+        named = dict(work.named_modules())
+        missing = [n for n in config.ignore if n not in named]
+        if missing:
+            raise CompressionError(f"{self.name}: ignore lists {missing}, which the model does not have")
+        ignore_modules = [named[n] for n in config.ignore]
+
+        x_eval, y_eval = ctx.calibration.take(config.eval_samples)
+
+        def eval_callback(m: nn.Module, iterations=None, use_cuda=False) -> float:
+            m.eval()
+            with torch.no_grad():
+                hits = 0
+                for start in range(0, len(x_eval), 256):
+                    hits += int((m(x_eval[start:start + 256]).argmax(1) == y_eval[start:start + 256]).sum())
+            return hits / len(x_eval)
+
+        scores_dir = ctx.cache_dir / "aimet-eval-scores" if ctx.cache_dir else None
+        scores_path = scores_dir / f"{self.name}-{_eval_scores_key(model, config, ctx)}.json" if scores_dir else None
+        cached = _read_eval_scores(scores_path) if scores_path else None
+        with aimet_workdir(ctx.workdir / "aimet") as folder:
+            saved = None
+            if cached is not None:
+                saved = str(folder / "eval_scores_from_cache.pkl")
+                with open(saved, "wb") as f:  # built here from validated JSON, read once by AIMET
+                    pickle.dump(cached, f)
+            greedy = cdefs.GreedySelectionParameters(target_comp_ratio=Decimal(str(config.target_ratio)),
+                                                     num_comp_ratio_candidates=config.num_candidates,
+                                                     use_monotonic_fit=config.use_monotonic_fit,
+                                                     saved_eval_scores_dict=saved)
+            scheme, params = self._scheme_params(work, config, ctx, greedy, cdefs, tdefs, ignore_modules)
+            cost = cdefs.CostMetric.mac if config.cost_metric == "mac" else cdefs.CostMetric.memory
+            try:
+                compressed, stats = ModelCompressor.compress_model(
+                    work, eval_callback=eval_callback, eval_iterations=1, input_shape=(1, *ctx.input_shape),
+                    compress_scheme=scheme, cost_metric=cost, parameters=params)
+            except (CompressionError, CompressorUnavailable):
+                raise
+            except Exception as exc:
+                raise CompressionError(f"AIMET {SCHEMES[self.name]} failed: {type(exc).__name__}: {exc}") from exc
+            if cached is None and scores_path is not None:
+                fresh = _read_aimet_eval_scores(folder / "data" / "greedy_selection_eval_scores_dict.pkl")
+                if fresh:
+                    _write_eval_scores(scores_path, fresh)
+        compressed = compressed.eval()
+        artifact = encode_float_model(compressed, reference, fmt="safetensors+structure",
+                                      extra_header={"aimet_scheme": SCHEMES[self.name]})
+        return CompressedModel(compressed, artifact, artifact.nbytes, metadata={
+            "aimet_stats": _stats_dict(stats), "eval_scores_cached": cached is not None,
+            "eval_samples": len(x_eval)})
+
+    def decode(self, artifact, template, config, ctx) -> nn.Module:
+        return decode_float_model(artifact, template)
+
+
+class _ScoresUnpickler(pickle.Unpickler):
+    """Reads AIMET's eval-score file allowing only ``decimal.Decimal`` besides plain builtins."""
+
+    def find_class(self, module, name):
+        if (module, name) == ("decimal", "Decimal"):
+            return Decimal
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from an eval-score file")
+
+
+def _read_aimet_eval_scores(path: Path) -> dict[str, dict[Decimal, float]] | None:
+    """The raw per-layer scores AIMET just wrote in the private folder, read without executing code."""
+    if not path.is_file():
+        return None
+    try:
+        with open(path, "rb") as f:
+            raw = _ScoresUnpickler(f).load()
+        return {str(layer): {Decimal(str(r)): float(s) for r, s in table.items()} for layer, table in raw.items()}
+    except (pickle.UnpicklingError, AttributeError, TypeError, ValueError, EOFError, ArithmeticError):
+        return None
+
+
+def _stats_dict(stats) -> dict:
+    out = {}
+    for key in ("baseline_model_accuracy", "compressed_model_accuracy", "memory_compression_ratio",
+                "mac_compression_ratio"):
+        value = getattr(stats, key, None)
+        try:
+            out[key] = float(value)
+        except (TypeError, ValueError):
+            out[key] = None
+    sel = getattr(stats, "compression_ratio_selection_stats", None)
+    layers = getattr(sel, "selected_comp_ratios", None) or getattr(stats, "per_layer_stats", None) or []
+    per_layer = {}
+    for item in layers:
+        name = getattr(item, "name", None) or getattr(getattr(item, "layer", None), "name", None)
+        ratio = getattr(item, "comp_ratio", None) or getattr(item, "compression_ratio", None)
+        if name is not None:
+            per_layer[str(name)] = None if ratio is None else float(ratio)
+    if per_layer:
+        out["per_layer_ratio"] = per_layer
+    return out
+
+
+@dataclass(frozen=True)
+class AimetSpatialSvdConfig(AimetCompressionConfig):
+    """AIMET spatial SVD: each k x k conv becomes a k x 1 then a 1 x k conv of a chosen rank."""
+
+
+@dataclass(frozen=True)
+class AimetWeightSvdConfig(AimetCompressionConfig):
+    """AIMET weight SVD: each conv/linear becomes two of a chosen rank (1 x 1 second factor)."""
+
+
+@register_compressor
+class AimetSpatialSvd(AimetCompressor):
+    """AIMET spatial SVD (auto mode, greedy selection, MAC cost)."""
+
+    name = "aimet-ssvd"
+    config_cls = AimetSpatialSvdConfig
+    description = "AIMET ModelCompressor.compress_model: spatial SVD, greedy selection, cost metric MAC"
+
+    def _scheme_params(self, model, config, ctx, greedy, cdefs, tdefs, ignore_modules):
+        p = tdefs.SpatialSvdParameters(tdefs.SpatialSvdParameters.Mode.auto,
+                                       tdefs.SpatialSvdParameters.AutoModeParams(greedy, ignore_modules),
+                                       multiplicity=config.multiplicity)
+        return cdefs.CompressionScheme.spatial_svd, p
+
+
+@register_compressor
+class AimetWeightSvd(AimetCompressor):
+    """AIMET weight SVD (auto mode, greedy rank selection, MAC cost)."""
+
+    name = "aimet-wsvd"
+    config_cls = AimetWeightSvdConfig
+    description = "AIMET ModelCompressor.compress_model: weight SVD, greedy rank selection, cost metric MAC"
+
+    def _scheme_params(self, model, config, ctx, greedy, cdefs, tdefs, ignore_modules):
+        p = tdefs.WeightSvdParameters(tdefs.WeightSvdParameters.Mode.auto,
+                                      tdefs.WeightSvdParameters.AutoModeParams(cdefs.RankSelectScheme.greedy,
+                                                                               greedy, ignore_modules),
+                                      multiplicity=config.multiplicity)
+        return cdefs.CompressionScheme.weight_svd, p
+
+
+@register_compressor
+class AimetChannelPruning(AimetCompressor):
+    """AIMET channel pruning (auto mode, greedy selection, MAC cost, reconstruction on calibration)."""
+
+    name = "aimet-cp"
+    config_cls = AimetChannelPruningConfig
+    description = ("AIMET ModelCompressor.compress_model: channel pruning with weight reconstruction, "
+                   "greedy selection, cost metric MAC")
+
+    def _scheme_params(self, model, config, ctx, greedy, cdefs, tdefs, ignore_modules):
+        loader = ctx.calibration.loader(config.batch_size, config.reconstruction_samples)
+        p = tdefs.ChannelPruningParameters(loader, config.reconstruction_samples, False,
+                                           tdefs.ChannelPruningParameters.Mode.auto,
+                                           tdefs.ChannelPruningParameters.AutoModeParams(greedy, ignore_modules),
+                                           multiplicity=config.multiplicity)
+        return cdefs.CompressionScheme.channel_pruning, p

@@ -1,0 +1,70 @@
+"""Report section of the compression criterion (issue 3).
+
+Renders the per-case table (size, accuracy change with its interval, agreement, KL, worst class,
+MAC/parameter reduction, strictest tier met, claimed tier, latency), the AIMET-model-zoo-like
+FP32/W8A8/W4A8 table, and writes under ``<run>/compression/``: one size-accuracy curve JSON per
+(anchor, method) (``curves/<anchor>/<method>.json``, CompressAI's ``{name, description, results}``)
+and one plot per anchor (``size-accuracy-<anchor>.png``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from . import SECTIONS, ReportContext, md_table
+
+SUBDIR = "compression"
+
+
+def _pct(x) -> str:
+    return "" if x is None else f"{x:.2%}"
+
+
+@SECTIONS.register("compression")
+def section(ctx: ReportContext) -> str:
+    from ..compress.curves import case_rows, curves, plot_anchor, write_curves, zoo_table
+
+    recs = ctx.records_of("compression")
+    rows = case_rows(recs)
+    latency = {r.subject: r.measured for r in recs if r.check_id == "compression.latency"}
+    calib = [r for r in recs if r.check_id == "compression.calibration"]
+    out = ["### Compressed vs uncompressed", ""]
+    if calib:
+        out += ["Calibration: " + "; ".join(f"{r.subject}: {r.message}" for r in calib), ""]
+    if not rows:
+        failed = [r for r in recs if not r.passed]
+        out += [f"No case was evaluated ({len(failed)} failing or skipped records; see the check table)."]
+        return "\n".join(out)
+    table = []
+    for r in rows:
+        ci = r.get("delta_ci95") or [None, None]
+        ms = latency.get(r["subject"])
+        table.append([r["anchor"], r["method"], r["label"], r["bytes"], f"{r['compression_ratio']:.2f}x",
+                      _pct(r["top1"]), f"{r['delta']:+.2%} [{ci[0]:+.2%}, {ci[1]:+.2%}]", f"{r['mcnemar_p']:.3g}",
+                      _pct(r["agreement"]), f"{r['mean_kl']:.4f}", f"{r['worst_class']} {r['worst_class_drop']:+.1%}",
+                      _pct(r["mac_reduction"]), _pct(r["param_reduction"]), r["best_tier"] or "none",
+                      r["claimed_tier"] or "-", r["status"].upper(), "" if ms is None else f"{ms * 1e3:.2f}"])
+    out += [md_table(["anchor", "method", "point", "bytes", "ratio", "top-1", "delta [95% CI]", "McNemar p",
+                      "agreement", "KL", "worst class", "MAC red.", "param red.", "tier met", "claimed", "status",
+                      "ms/32"], table), "",
+            "Bytes are lengths of the artifacts the evaluation decoded; the ratio is to the anchor's float32 "
+            "safetensors. Parameters are the nonzero parameters of the decoded model (the exported graph's for "
+            "ONNX artifacts); MACs are dense.", ""]
+    zoo = zoo_table(rows)
+    if zoo:
+        out += ["#### AIMET quantization (model-zoo style)", "",
+                md_table(["anchor", "FP32 top-1 (bytes)", "W8A8 top-1 (bytes)", "W4A8 AdaRound top-1 (bytes)"], zoo),
+                ""]
+    curve_list = curves(rows)
+    folder = ctx.run_dir / SUBDIR
+    for path, c in zip(write_curves(curve_list, folder / "curves"), curve_list):
+        ctx.artifacts[f"compression/curve/{c['name']}"] = str(path.relative_to(ctx.run_dir))
+    by_anchor = defaultdict(list)
+    for c in curve_list:
+        by_anchor[c["anchor"]].append(c)
+    for anchor in by_anchor:
+        path = plot_anchor(anchor, curve_list, folder / f"size-accuracy-{anchor}.png")
+        rel = str(path.relative_to(ctx.run_dir))
+        ctx.artifacts[f"compression/plot/{anchor}"] = rel
+        out += [f"![{anchor} size vs accuracy]({rel})", ""]
+    return "\n".join(out)
