@@ -1,0 +1,167 @@
+"""The checks of the model-update criterion; each returns one :class:`CheckRecord`.
+
+The conformance tests call these on real lineages; the self-tests call them on bad fixtures
+to show that each can fail.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+
+from ..gates import get_tier, best_tier_met, non_inferiority
+from ..hashing import state_dict_sha256
+from ..records import CheckRecord, Status, gate
+from ..stats import paired_comparison
+from .codec import BaseMismatchError, UpdateCodec, apply_update
+from .compare import CheckpointComparison, LayerChange, summarize_changes
+from .payload import FORMAT_VERSION, PayloadError, PayloadVersionError
+
+CRITERION = "updates"
+
+
+def check_lineage_accuracy(subject: str, measured_top1: float, documented_top1: float | None, *,
+                           n: int, tolerance: float) -> CheckRecord:
+    """A checkpoint of a lineage reproduces the top-1 its manifest documents, within the anchor's tolerance."""
+    if documented_top1 is None:
+        return CheckRecord("updates.lineage_accuracy", subject, Status.INFO, measured=measured_top1,
+                           message=f"top-1 {measured_top1:.4%} on {n} samples (the manifest documents none)",
+                           criterion=CRITERION, details={"n": n})
+    diff = measured_top1 - documented_top1
+    return gate("updates.lineage_accuracy", subject, abs(diff) <= tolerance, measured=measured_top1,
+                expected=documented_top1, tolerance=tolerance, criterion=CRITERION, details={"n": n, "diff": diff},
+                message=f"top-1 {measured_top1:.4%} vs documented {documented_top1:.4%} (diff {diff:+.4%}, "
+                        f"tolerance {tolerance:.4%}, {n} samples)")
+
+
+def comparison_record(subject: str, comparison: CheckpointComparison, changes: list[LayerChange]) -> CheckRecord:
+    """An INFO record of a pair: accuracies, delta and CI, agreement, per-class and per-layer changes."""
+    c = comparison.comparison
+    lo, hi = c.delta_ci95
+    improved, regressed = comparison.improved(), comparison.regressed()
+    summary = summarize_changes(changes)
+    msg = (f"{comparison.base} {c.acc_ref:.4%} -> {comparison.target} {c.acc_new:.4%}: delta {c.delta:+.4%} "
+           f"(95% CI {lo:+.4%}..{hi:+.4%}, McNemar p={c.mcnemar_p:.3g}), agreement {comparison.agreement:.4%}; "
+           f"{len(improved)} class(es) improved, {len(regressed)} regressed significantly; "
+           f"{summary['tensors_changed']}/{summary['tensors']} tensors, {summary['changed_fraction']:.2%} of weights "
+           f"changed (relative L2 {summary['relative_l2']:.3g})")
+    return CheckRecord("updates.comparison", subject, Status.INFO, measured=c.delta, criterion=CRITERION, message=msg,
+                       details={**comparison.to_dict(), "weights": summary,
+                                "layers": [ch.to_dict() for ch in changes]})
+
+
+def check_reconstruction(subject: str, codec: UpdateCodec, base: Mapping[str, torch.Tensor],
+                         target: Mapping[str, torch.Tensor], payload: bytes) -> tuple[CheckRecord, dict | None]:
+    """The payload applies to its base, decodes to the state it promises, and a lossless codec
+    reproduces the target bit for bit. Returns the record and the reconstructed state."""
+    try:
+        decoded = apply_update(base, payload)
+    except (PayloadError, BaseMismatchError) as exc:
+        return gate("updates.reconstruction", subject, False, measured=f"{type(exc).__name__}", expected="decodes",
+                    criterion=CRITERION, message=f"the payload does not apply to its own base: {exc}"), None
+    target_sha = state_dict_sha256(target)
+    recon_sha = state_dict_sha256(decoded.state)
+    details = {"bytes": len(payload), "codec": codec.name, "lossless": codec.lossless,
+               "target_sha256": target_sha, "reconstruction_sha256": recon_sha, "header": decoded.header.to_dict()}
+    if codec.lossless:
+        ok = recon_sha == target_sha
+        return gate("updates.reconstruction", subject, ok, measured=recon_sha, expected=target_sha,
+                    criterion=CRITERION, details=details,
+                    message=("lossless codec reproduces the target bit-exactly" if ok else
+                             f"lossless codec {codec.name!r} changed the state: {_first_difference(target, decoded.state)}")
+                    ), decoded.state
+    ok = recon_sha == decoded.header.target_sha256
+    return gate("updates.reconstruction", subject, ok, measured=recon_sha, expected=decoded.header.target_sha256,
+                criterion=CRITERION, details=details,
+                message=("lossy payload decodes to exactly the state its header pins" if ok else
+                         "decoded state differs from the one the header pins")), decoded.state
+
+
+def _first_difference(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> str:
+    for k in sorted(a):
+        if k not in b:
+            return f"key {k!r} missing"
+        x, y = a[k], b[k]
+        if x.dtype != y.dtype or x.shape != y.shape:
+            return f"{k}: {x.dtype}{tuple(x.shape)} -> {y.dtype}{tuple(y.shape)}"
+        if not torch.equal(x.reshape(-1).view(torch.uint8) if x.numel() else x,
+                           y.reshape(-1).view(torch.uint8) if y.numel() else y):
+            diff = (x.to(torch.float64) - y.to(torch.float64)).abs()
+            return f"{k}: {int((x != y).sum())} element(s) differ, max abs diff {float(diff.max()):.3g}"
+    return "states differ (extra keys)"
+
+
+def check_update_accuracy(subject: str, *, target_correct, recon_correct, claim: str | None, update_bytes: int,
+                          full_bytes: int, agreement: float, extra: dict | None = None) -> CheckRecord:
+    """The model rebuilt from the update is non-inferior to the target checkpoint at the claimed accuracy tier.
+
+    With no claim, the operating point is a measured point of a rate-accuracy curve (INFO).
+    """
+    comp = paired_comparison(np.asarray(target_correct, dtype=bool), np.asarray(recon_correct, dtype=bool))
+    details = {"bytes": update_bytes, "full_bytes": full_bytes, "ratio_to_full": update_bytes / full_bytes,
+               "agreement": agreement, "claim": claim, "best_tier_met": best_tier_met(comp), **comp.to_dict(),
+               **(extra or {})}
+    size = f"{update_bytes} bytes ({update_bytes / full_bytes:.2%} of the full checkpoint)"
+    if claim is None:
+        return CheckRecord("updates.accuracy", subject, Status.INFO, measured=comp.acc_new, expected=comp.acc_ref,
+                           criterion=CRITERION, details=details,
+                           message=f"{size}; top-1 {comp.acc_new:.4%} vs target {comp.acc_ref:.4%}, agreement "
+                                   f"{agreement:.4%}; best tier met: {details['best_tier_met']} (no claim)")
+    result = non_inferiority(target_correct, recon_correct, get_tier(claim))
+    details.update(result.to_dict())
+    return gate("updates.accuracy", subject, result.passed, measured=comp.acc_new, expected=comp.acc_ref,
+                tolerance=result.margin, criterion=CRITERION, details=details,
+                message=f"{size}; top-1 {comp.acc_new:.4%} vs target {comp.acc_ref:.4%}, agreement {agreement:.4%}; "
+                        f"claimed tier {claim}: {result.reason}")
+
+
+def tamper_cases(payload: bytes) -> dict[str, bytes]:
+    """Damaged variants of a payload: truncations, a flipped byte in each region, a foreign version."""
+    n = len(payload)
+    mid = n // 2
+    flipped = lambda i: payload[:i] + bytes([payload[i] ^ 0x5A]) + payload[i + 1:]  # noqa: E731
+    return {
+        "empty": b"",
+        "truncated-prefix": payload[:5],
+        "truncated-half": payload[:mid],
+        "truncated-last-byte": payload[:-1],
+        "flipped-magic": flipped(0),
+        "flipped-header": flipped(12),
+        "flipped-body": flipped(max(0, n - 40)),
+        "flipped-checksum": flipped(n - 1),
+        "wrong-version": payload[:4] + (FORMAT_VERSION + 1).to_bytes(2, "big") + payload[6:],
+        "appended-byte": payload + b"\x00",
+    }
+
+
+def check_payload_safety(subject: str, base: Mapping[str, torch.Tensor], wrong_base: Mapping[str, torch.Tensor],
+                         payload: bytes, *, apply: Callable = apply_update) -> CheckRecord:
+    """Damaged payloads and a wrong base are refused with a clear error, never turned into a model."""
+    problems = []
+    outcomes = {}
+    try:
+        apply(wrong_base, payload)
+        problems.append("applying to the wrong base was accepted")
+        outcomes["wrong-base"] = "accepted"
+    except BaseMismatchError as exc:
+        outcomes["wrong-base"] = f"refused: {exc}"
+    except Exception as exc:  # refused, but not with the error that names the problem
+        problems.append(f"wrong base raised {type(exc).__name__} instead of BaseMismatchError: {exc}")
+        outcomes["wrong-base"] = f"{type(exc).__name__}: {exc}"
+    for case, data in tamper_cases(payload).items():
+        expected = PayloadVersionError if case == "wrong-version" else PayloadError
+        try:
+            apply(base, data)
+            problems.append(f"{case}: accepted")
+            outcomes[case] = "accepted"
+        except expected as exc:
+            outcomes[case] = f"refused: {exc}"
+        except Exception as exc:
+            problems.append(f"{case}: raised {type(exc).__name__} instead of {expected.__name__}: {exc}")
+            outcomes[case] = f"{type(exc).__name__}: {exc}"
+    return gate("updates.payload_safety", subject, not problems, measured=len(problems), expected=0,
+                criterion=CRITERION, details={"outcomes": outcomes},
+                message=("wrong base and all %d damaged variants refused" % (len(outcomes) - 1)) if not problems
+                else "; ".join(problems))

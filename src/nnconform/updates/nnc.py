@@ -1,0 +1,133 @@
+"""NNC (ISO/IEC 15938-17, MPEG-7 part 17) coding of the delta tensors through Fraunhofer's ``nncodec``.
+
+The float deltas (target - base, as float32) go through NNCodec's incremental mode: the NDUs
+are marked as a differential update of a parent (``compress_differences``, with a parameter
+update tree) and may use temporal context adaptation. Weights are quantized with ``qp`` (step
+2^(qp/4) with dependent quantization), 1-D tensors with the finer ``nonweight_qp``; DeepCABAC
+entropy-codes the levels. Non-float tensors and 0-d tensors are carried exactly, like the other
+lossy codecs; elements whose decoded delta is zero keep the base's exact bits.
+
+Install: ``pip install --no-deps nncodec==2.1.3`` plus ``h5py ptflops torchmetrics
+opencv-python-headless`` (nncodec imports them). The codec registers without nncodec; using it
+without nncodec raises :class:`CodecUnavailable` with that line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from .codec import UPDATE_CODECS, CodecConfig, CodecUnavailable
+from .body import check_records, decode_exact, exact_record, pack_records, unpack_records
+from .state import StateDict, apply_sparse, float_delta, identical, is_continuous
+
+INSTALL_HINT = ("pip install --no-deps nncodec==2.1.3 && pip install h5py ptflops torchmetrics "
+                "opencv-python-headless")
+
+
+def _nnc():
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            from nncodec import nnc
+    except ImportError as exc:
+        raise CodecUnavailable(f"update codec 'nnc' needs nncodec ({exc}); install it with: {INSTALL_HINT}") from exc
+    return nnc
+
+
+@contextlib.contextmanager
+def _quiet(what: str):
+    """Silence NNCodec's prints and turn its ``SystemExit`` on bad input into a ValueError."""
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            yield
+    except SystemExit as exc:
+        raise ValueError(f"nncodec failed to {what}: {exc} {out.getvalue()[-300:]}".strip()) from None
+
+
+def _fresh_param_base() -> dict:
+    """NNCodec's incremental-coding state for the first update of a parent (an empty update tree)."""
+    return {"parameters": {}, "put_node_depth": {}, "device_id": 0, "parameter_id": {}}
+
+
+@UPDATE_CODECS.register("nnc")
+class NNCDeltaCodec:
+    """Lossy NNC coding of the float deltas (DeepCABAC, dependent quantization, incremental mode)."""
+
+    name: ClassVar[str] = "nnc"
+    lossless: ClassVar[bool] = False
+
+    @dataclass(frozen=True)
+    class Config(CodecConfig):
+        """``qp``: NNC quantization parameter of weights (-60..0, lower is finer; step about 2^(qp/4));
+        ``nonweight_qp`` for 1-D tensors; ``incremental``: code as a differential update (PUT) with
+        temporal context adaptation ``tca``; ``use_dq``: dependent (trellis) quantization."""
+
+        qp: int = -32
+        nonweight_qp: int = -75
+        incremental: bool = True
+        tca: bool = False
+        use_dq: bool = True
+        version: int = 1
+
+        def __post_init__(self) -> None:
+            for field_name in ("qp", "nonweight_qp"):
+                v = getattr(self, field_name)
+                if not isinstance(v, int) or not -100 <= v <= 0:
+                    raise ValueError(f"update codec 'nnc': {field_name}={v!r} must be an integer in -100..0")
+
+    def __init__(self, config: "NNCDeltaCodec.Config | None" = None) -> None:
+        self.config = config or self.Config()
+
+    def encode(self, base: StateDict, target: StateDict) -> bytes:
+        nnc = _nnc()
+        records: dict[str, torch.Tensor] = {}
+        deltas: dict[str, np.ndarray] = {}
+        for name, b in base.items():
+            t = target[name]
+            if not is_continuous(b) or b.dim() == 0:
+                exact_record(records, name, b, t)
+            elif not identical(b, t):
+                deltas[name] = float_delta(name, b, t).to(torch.float32).reshape(b.shape).numpy()
+        if deltas:
+            c = self.config
+            kwargs = dict(compress_differences=True, approx_param_base=_fresh_param_base(),
+                          update_base_param=True, tca=c.tca) if c.incremental else {}
+            with _quiet("encode"):
+                bitstream = nnc.compress(deltas, bitstream_path=None, qp=c.qp, nonweight_qp=c.nonweight_qp,
+                                         use_dq=c.use_dq, return_bitstream=True, verbose=False, **kwargs)
+            records["::nnc"] = torch.frombuffer(bytearray(bitstream), dtype=torch.uint8).clone()
+        return pack_records(records, 3)
+
+    def decode(self, base: StateDict, body: bytes) -> StateDict:
+        records = unpack_records(body)
+        bitstream = records.pop("::nnc", None)
+        check_records(records, base, ("exact",))
+        deltas: dict[str, np.ndarray] = {}
+        if bitstream is not None:
+            nnc = _nnc()
+            kwargs = dict(approx_param_base=_fresh_param_base(), update_base_param=True) if self.config.incremental else {}
+            with _quiet("decode"):
+                deltas = nnc.decompress(bytearray(bitstream.numpy().tobytes()), verbose=False, **kwargs)
+        unknown = sorted(set(deltas) - set(base))
+        if unknown:
+            raise ValueError(f"NNC bitstream holds tensors the base lacks: {unknown[:5]}")
+        out: StateDict = {}
+        for name, b in base.items():
+            exact = decode_exact(records, name, b)
+            if exact is not None:
+                out[name] = exact
+            elif name in deltas:
+                d = torch.from_numpy(np.ascontiguousarray(deltas[name], dtype=np.float32)).reshape(-1)
+                if d.numel() != b.numel():
+                    raise ValueError(f"{name}: NNC decoded {d.numel()} values for {b.numel()} elements")
+                idx = torch.nonzero(d).reshape(-1)
+                out[name] = apply_sparse(b, idx, d[idx])
+            else:
+                out[name] = b.clone()
+        return out
