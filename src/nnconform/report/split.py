@@ -1,0 +1,223 @@
+"""Report section of the split-inference criterion.
+
+Per anchor: the intermediate-data table and a plot of size and head cost along the cuts; per
+coded cut: the rate-accuracy table, its plot, CompressAI-style curve JSON
+(``split/curves/<anchor>/<cut>/<family>.json``) and the BD-rate table; then the split choices
+per scenario and the pairs meeting the 3GPP figure. Everything is read from the run's records.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+
+from . import SECTIONS, ReportContext, md_table
+
+SUBDIR = "split"
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def _pct(x, digits: int = 2) -> str:
+    return "" if x is None else f"{x:.{digits}%}"
+
+
+def _si(n) -> str:
+    if n is None:
+        return ""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:g}"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _intermediate(ctx: ReportContext, recs) -> list[str]:
+    by_anchor = defaultdict(list)
+    for r in recs:
+        if r.check_id == "split.intermediate_data":
+            by_anchor[r.subject.split("/", 1)[0]].append(r)
+    out = []
+    for anchor, rows in by_anchor.items():
+        singles = [r for r in rows if r.details.get("kind") == "single"]
+        multi = [r for r in rows if r.details.get("kind") == "multi"]
+        d0 = singles[0].details if singles else {}
+        resolutions = sorted({k for r in singles for k in r.details.get("resolution_numel", {})}, key=int)
+        table = []
+        for r in singles:
+            d = r.details
+            shape = "x".join(map(str, d["shapes"][0]))
+            if "zero_fraction" in d:
+                values = [_pct(d["zero_fraction"], 1), f"{d['entropy_bits']:.2f}",
+                          f"{d['channel_mean']['mean']:.3g} [{d['channel_mean']['min']:.3g}, "
+                          f"{d['channel_mean']['max']:.3g}]",
+                          f"{d['channel_var']['mean']:.3g} [{d['channel_var']['min']:.3g}, {d['channel_var']['max']:.3g}]"]
+            else:
+                values = ["", "", "", ""]
+            table.append([d["cut"], shape, f"{d['bytes']['fp32'] / 1024:.1f}", f"{d['bytes']['fp16'] / 1024:.1f}",
+                          f"{d['bytes']['int8'] / 1024:.1f}", *values,
+                          _si(d.get("head_macs")), _si(d.get("tail_macs")), _si(d.get("head_params")),
+                          _si(d.get("tail_params"))]
+                         + [f"{d['resolution_numel'][k] * 4 / 1024:.1f}" if k in d.get("resolution_numel", {}) else "n/a"
+                            for k in resolutions])
+        if "n_samples" in d0:
+            note = (f"Statistics on {d0.get('n_samples')} samples of {d0.get('dataset')}"
+                    + (" (smoke set)" if d0.get("smoke") else ""))
+        else:
+            why = str(d0.get("statistics_missing") or "").split(". ")[0]
+            note = f"Structure only, from the architecture (no value statistics: {why})"
+        out += [f"#### {anchor}: intermediate data per single cut", "",
+                f"{note}; entropy in bits per element after 8-bit min-max quantisation of each sample; "
+                "channel mean and variance as mean [min, max] over channels. MACs and parameters per sample.", "",
+                md_table(["cut", "shape", "KiB fp32", "KiB fp16", "KiB int8", "zeros", "entropy", "channel mean",
+                          "channel var", "head MACs", "tail MACs", "head params", "tail params"]
+                         + [f"KiB fp32 @{k}px" for k in resolutions], table), ""]
+        if multi:
+            counts = defaultdict(int)
+            for r in multi:
+                counts[r.details["num_tensors"]] += 1
+            out += [f"{len(multi)} multi-tensor cuts (inside blocks): "
+                    + ", ".join(f"{n} with {k} tensors" for k, n in sorted(counts.items()))
+                    + "; e.g. " + ", ".join(f"`{r.details['name']}` ({r.details['num_tensors']} tensors, "
+                                            f"{r.details['bytes']['fp32'] / 1024:.1f} KiB)" for r in multi[:3]), ""]
+        if singles:
+            plt = _plt()
+            fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(singles)), 3.6))
+            names = [r.details["cut"] for r in singles]
+            ax.bar(range(len(names)), [r.details["bytes"]["fp32"] / 1024 for r in singles], color="tab:blue")
+            ax.set_yscale("log")
+            ax.set_ylabel("KiB per sample (fp32)")
+            ax.set_xticks(range(len(names)), names, rotation=70, fontsize=7)
+            total = [(r.details.get("head_macs") or 0) + (r.details.get("tail_macs") or 0) for r in singles]
+            if all(total):
+                ax2 = ax.twinx()
+                ax2.plot(range(len(names)), [r.details["head_macs"] / t for r, t in zip(singles, total)],
+                         color="tab:red", marker=".")
+                ax2.set_ylabel("head share of MACs", color="tab:red")
+                ax2.set_ylim(0, 1)
+            ax.set_title(f"{anchor}: intermediate data and head cost per cut")
+            fig.tight_layout()
+            path = ctx.run_dir / SUBDIR / f"intermediate-{_safe(anchor)}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            rel = str(path.relative_to(ctx.run_dir))
+            ctx.artifacts[f"split/intermediate/{anchor}"] = rel
+            out += [f"![{anchor} intermediate data]({rel})", ""]
+    return out
+
+
+def _rate_accuracy(ctx: ReportContext, recs) -> list[str]:
+    by_cut = defaultdict(list)
+    for r in recs:
+        if r.check_id in ("split.codec_accuracy", "split.codec_contract"):
+            anchor, cut, _ = r.subject.split("/", 2)
+            by_cut[(anchor, cut)].append(r)
+    bd = defaultdict(list)
+    for r in recs:
+        if r.check_id == "split.bd_rate":
+            anchor, cut, fam = r.subject.split("/", 2)
+            bd[(anchor, cut)].append(r)
+    out = []
+    for (anchor, cut), rows in by_cut.items():
+        table, curves = [], defaultdict(list)
+        for r in rows:
+            d = r.details
+            point = d.get("point", {})
+            if r.check_id == "split.codec_contract":
+                table.append([point.get("id", r.subject), point.get("family"), "", "", "", "", "", r.status.value.upper(),
+                              r.message])
+                continue
+            table.append([d["point"]["id"], d["family"], f"{d['bits_per_sample']:.0f}",
+                          _pct(d["bits_per_sample"] / d["raw_bits"]), f"{d['top1']:.4f}", f"{d['agreement']:.4f}",
+                          d.get("best_tier") or "none", r.status.value.upper(), d["point"].get("claim") or ""])
+            curves[d["family"]].append((d["bits_per_sample"], d["top1"], d["agreement"], d["point"]["id"]))
+        smoke = any(r.details.get("smoke") for r in rows)
+        ref = next((r.details.get("ref_top1") for r in rows if "ref_top1" in r.details), None)
+        out += [f"#### {anchor} / {cut}: rate and accuracy", "",
+                f"Uncoded top-1 {ref:.4f} on {rows[0].details.get('n', '?')} samples"
+                + (" (smoke set: accuracy not gated)" if smoke else "") + "." if ref is not None else "", "",
+                md_table(["point", "family", "bits/sample", "of fp32", "top-1", "agreement", "best tier", "status",
+                          "claim / error"], table), ""]
+        for fam, pts in curves.items():
+            pts.sort()
+            path = ctx.run_dir / SUBDIR / "curves" / _safe(anchor) / _safe(cut) / f"{_safe(fam)}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"name": fam, "description": f"{anchor} cut {cut}",
+                                        "results": {"bits_per_sample": [p[0] for p in pts],
+                                                    "top1": [p[1] for p in pts], "agreement": [p[2] for p in pts],
+                                                    "point": [p[3] for p in pts]}}, indent=1))
+            ctx.artifacts[f"split/curves/{anchor}/{cut}/{fam}"] = str(path.relative_to(ctx.run_dir))
+        if curves:
+            plt = _plt()
+            fig, ax = plt.subplots(figsize=(6.4, 4))
+            for fam, pts in sorted(curves.items()):
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=fam)
+            if ref is not None:
+                ax.axhline(ref, color="grey", linestyle=":", label="uncoded")
+            ax.set_xscale("log")
+            ax.set_xlabel("bits per sample")
+            ax.set_ylabel("top-1")
+            ax.set_title(f"{anchor} / {cut}")
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            path = ctx.run_dir / SUBDIR / f"rate-accuracy-{_safe(anchor)}-{_safe(cut)}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            rel = str(path.relative_to(ctx.run_dir))
+            ctx.artifacts[f"split/rate-accuracy/{anchor}/{cut}"] = rel
+            out += [f"![{anchor} {cut} rate-accuracy]({rel})", ""]
+        if bd.get((anchor, cut)):
+            anchor_fam = bd[(anchor, cut)][0].details.get("anchor_family")
+            out += [f"BD-rate against `{anchor_fam}` (negative: fewer bits for the same accuracy):", "",
+                    md_table(["family", "BD-rate (top-1)", "BD-rate (agreement)"],
+                             [[r.details["family"], _pct(r.details.get("bd_rate_top1"), 1) or "undefined",
+                               _pct(r.details.get("bd_rate_agreement"), 1) or "undefined"]
+                              for r in bd[(anchor, cut)]]), ""]
+    return out
+
+
+def _selection(recs) -> list[str]:
+    rows = [r for r in recs if r.check_id == "split.selection"]
+    kpis = [r for r in recs if r.check_id == "split.kpi"]
+    out = []
+    if rows:
+        table = []
+        for r in rows:
+            best = r.details.get("best") or {}
+            runner_up = (r.details.get("ranked") or [None, None])[1:2]
+            table.append([r.subject, best.get("candidate"), f"{best.get('total_ms', float('nan')):.2f}",
+                          f"{best.get('device_ms', float('nan')):.2f}", f"{best.get('link_ms', float('nan')):.2f}",
+                          f"{best.get('server_ms', float('nan')):.2f}", best.get("payload_bytes"),
+                          runner_up[0]["candidate"] if runner_up and runner_up[0] else "", r.details.get("tier")])
+        out += ["#### Split selection (end-to-end latency per image; times measured here, scaled by the profiles)", "",
+                md_table(["anchor / scenario", "chosen", "total ms", "device ms", "link ms", "server ms",
+                          "payload bytes", "runner-up", "tier"], table), ""]
+    for r in kpis:
+        pairs = r.details.get("pairs", [])
+        ok = [f"{p['cut']}/{p['codec']}" for p in pairs if p["fits"] and p["keeps_tier"]]
+        out += [f"**{r.subject}** ({r.details.get('source', '')}): {len(ok)} of {len(pairs)} coded pairs fit "
+                f"and keep the tier" + (f": {', '.join(ok)}" if ok else "") + ".", ""]
+    return out
+
+
+@SECTIONS.register("split")
+def split_section(ctx: ReportContext) -> str:
+    """Markdown for the split criterion (plots and curve JSON under ``<run>/split/``)."""
+    recs = ctx.records_of("split")
+    lines = ["### Split inference: intermediate data, feature codecs, split selection", ""]
+    lines += _intermediate(ctx, recs)
+    lines += _rate_accuracy(ctx, recs)
+    lines += _selection(recs)
+    return "\n".join(lines)

@@ -1,0 +1,532 @@
+"""Feature codecs: the protocol, the registry, the reference codecs and the contract check.
+
+A feature codec turns the tensor one sample hands over at a split point (``[C, H, W]`` or
+``[F]``, float32) into bytes and back. The payload must be self-contained: shape and
+quantisation parameters travel inside it and count towards the rate. Only the codec's own
+configuration (bits, quality, ...) is agreed out of band, as a session would signal it once.
+
+Reference codecs are small frozen dataclasses with a ``version``; the registry maps a name to
+the class, and the operating points in ``anchors/split.toml`` give the keyword arguments.
+A proposal registers its own factory under the entry-point group ``nnconform.feature_codecs``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from ..registry import Registry
+
+
+@runtime_checkable
+class FeatureCodec(Protocol):
+    """What the conformance run needs from a feature codec."""
+
+    def encode(self, tensor: torch.Tensor) -> bytes:
+        """One sample's intermediate tensor -> a self-contained payload."""
+        ...
+
+    def decode(self, payload: bytes) -> torch.Tensor:
+        """A payload from :meth:`encode` -> a tensor of the original shape and dtype."""
+        ...
+
+
+#: name -> factory called with an operating point's parameters; returns a :class:`FeatureCodec`.
+FEATURE_CODECS: Registry[Callable[..., FeatureCodec]] = Registry("feature codec", "nnconform.feature_codecs")
+
+
+class CodecInputError(ValueError):
+    """The tensor given to a codec cannot be coded (non-finite values, wrong dtype)."""
+
+
+class PayloadError(ValueError):
+    """A payload is not one this codec wrote (truncated, wrong tag, inconsistent header)."""
+
+
+class CodecContractError(AssertionError):
+    """A codec broke the protocol: no bytes, wrong shape or dtype, non-finite output, ..."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+def as_finite_array(tensor: torch.Tensor, codec: str) -> np.ndarray:
+    """The tensor as a C-contiguous float32 array; CodecInputError for non-float or non-finite input."""
+    if not isinstance(tensor, torch.Tensor):
+        raise CodecInputError(f"{codec}: expected a torch.Tensor, got {type(tensor).__name__}")
+    if not tensor.dtype.is_floating_point:
+        raise CodecInputError(f"{codec}: expected a floating-point tensor, got dtype {tensor.dtype}")
+    if tensor.numel() == 0:
+        raise CodecInputError(f"{codec}: cannot code an empty tensor (shape {list(tensor.shape)})")
+    arr = np.ascontiguousarray(tensor.detach().cpu().to(torch.float32).numpy())
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        nans = int(np.isnan(arr).sum())
+        raise CodecInputError(f"{codec}: cannot code a tensor with non-finite values "
+                              f"({nans} NaN, {int(bad.sum()) - nans} inf of {arr.size} elements, shape {list(arr.shape)})")
+    return arr
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+class _Reader:
+    """Reads a payload front to back; every short read is a PayloadError naming the codec."""
+
+    def __init__(self, payload: bytes, codec: str) -> None:
+        if not isinstance(payload, (bytes, bytearray, memoryview)):
+            raise PayloadError(f"{codec}: payload must be bytes, got {type(payload).__name__}")
+        self.buf = bytes(payload)
+        self.pos = 0
+        self.codec = codec
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.buf):
+            raise PayloadError(f"{self.codec}: payload truncated: need {n} bytes at offset {self.pos}, "
+                               f"have {len(self.buf) - self.pos}")
+        out = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def varint(self) -> int:
+        shift = value = 0
+        while True:
+            (byte,) = self.take(1)
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value
+            shift += 7
+            if shift > 63:
+                raise PayloadError(f"{self.codec}: malformed length field at offset {self.pos}")
+
+    def unpack(self, fmt: str) -> tuple:
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))
+
+    def rest(self) -> bytes:
+        out = self.buf[self.pos:]
+        self.pos = len(self.buf)
+        return out
+
+
+def _header(tag: int, shape: tuple[int, ...]) -> bytes:
+    return bytes([tag, len(shape)]) + b"".join(_varint(d) for d in shape)
+
+
+def _read_header(r: _Reader, tag: int) -> tuple[int, ...]:
+    (got,) = r.take(1)
+    if got != tag:
+        raise PayloadError(f"{r.codec}: payload starts with tag 0x{got:02x}, expected 0x{tag:02x} "
+                           "(not written by this codec or version)")
+    (ndim,) = r.take(1)
+    shape = tuple(r.varint() for _ in range(ndim))
+    if math.prod(shape) > 1 << 31:
+        raise PayloadError(f"{r.codec}: header shape {list(shape)} is implausibly large")
+    return shape
+
+
+def _zstd_compress(data: bytes, level: int) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=level, write_checksum=False, write_content_size=True).compress(data)
+
+
+def _zstd_decompress(data: bytes, codec: str, expected: int) -> bytes:
+    import zstandard
+
+    try:
+        out = zstandard.ZstdDecompressor().decompress(data, max_output_size=max(expected, 1))
+    except zstandard.ZstdError as exc:
+        raise PayloadError(f"{codec}: zstd stream is corrupt ({exc})") from None
+    if len(out) != expected:
+        raise PayloadError(f"{codec}: zstd stream holds {len(out)} bytes, header implies {expected}")
+    return out
+
+
+def _check_finite_range(lo: float, hi: float, codec: str) -> None:
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+        raise PayloadError(f"{codec}: payload range [{lo}, {hi}] is not a finite interval")
+
+
+def _quantize(arr: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int) -> np.ndarray:
+    """Uniform quantisation of ``arr`` (rows = channels) to integers in [0, 2**bits - 1], in float64."""
+    levels = (1 << bits) - 1
+    span = hi.astype(np.float64) - lo.astype(np.float64)
+    scale = np.where(span > 0, levels / np.where(span > 0, span, 1.0), 0.0)
+    q = np.rint((arr.astype(np.float64) - lo.astype(np.float64)[:, None]) * scale[:, None])
+    return np.clip(q, 0, levels).astype(np.uint16 if bits > 8 else np.uint8)
+
+
+def _dequantize(q: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int) -> np.ndarray:
+    levels = (1 << bits) - 1
+    lo64, hi64 = lo.astype(np.float64)[:, None], hi.astype(np.float64)[:, None]
+    x = lo64 + q.astype(np.float64) * ((hi64 - lo64) / levels)
+    return np.clip(x, lo64, hi64).astype(np.float32)
+
+
+def _pack_bits(q: np.ndarray, bits: int) -> bytes:
+    """Levels (each < 2**bits) written as a dense big-endian bit stream."""
+    if bits == 8:
+        return q.astype(np.uint8).tobytes()
+    flat = q.reshape(-1).astype(np.uint16)
+    planes = ((flat[:, None] >> np.arange(bits - 1, -1, -1, dtype=np.uint16)) & 1).astype(np.uint8)
+    return np.packbits(planes.reshape(-1)).tobytes()
+
+
+def _unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
+    if bits == 8:
+        return np.frombuffer(data, dtype=np.uint8, count=count)
+    planes = np.unpackbits(np.frombuffer(data, dtype=np.uint8))[: count * bits].reshape(count, bits)
+    weights = (1 << np.arange(bits - 1, -1, -1)).astype(np.uint16)
+    return (planes.astype(np.uint16) * weights).sum(axis=1).astype(np.uint16)
+
+
+class _ReferenceCodec:
+    """Common plumbing of the reference codecs: ``name``, ``lossless``, ``to_dict``."""
+
+    name: str = ""
+    tag: int = 0
+
+    @property
+    def lossless(self) -> bool:
+        """True when decode(encode(x)) must equal x exactly."""
+        return False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration, as a report embeds it."""
+        return {"codec": self.name, **asdict(self)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference codecs
+
+
+@FEATURE_CODECS.register("raw")
+@dataclass(frozen=True)
+class RawCodec(_ReferenceCodec):
+    """Uncoded float32 (little-endian): the anchor every other codec is measured against."""
+
+    version: int = 1
+    name = "raw"
+    tag = 0xA1
+
+    @property
+    def lossless(self) -> bool:
+        return True
+
+    def encode(self, tensor: torch.Tensor) -> bytes:
+        arr = as_finite_array(tensor, self.name)
+        return _header(self.tag, arr.shape) + arr.astype("<f4").tobytes()
+
+    def decode(self, payload: bytes) -> torch.Tensor:
+        r = _Reader(payload, self.name)
+        shape = _read_header(r, self.tag)
+        body = r.take(4 * math.prod(shape))
+        if r.rest():
+            raise PayloadError(f"{self.name}: trailing bytes after {list(shape)} float32 values")
+        return torch.from_numpy(np.frombuffer(body, dtype="<f4").astype(np.float32).reshape(shape))
+
+
+@FEATURE_CODECS.register("fp16")
+@dataclass(frozen=True)
+class HalfCodec(_ReferenceCodec):
+    """IEEE half precision; values beyond +-65504 saturate (never inf)."""
+
+    version: int = 1
+    name = "fp16"
+    tag = 0xA2
+
+    def encode(self, tensor: torch.Tensor) -> bytes:
+        arr = as_finite_array(tensor, self.name)
+        half_max = float(np.finfo(np.float16).max)
+        return _header(self.tag, arr.shape) + np.clip(arr, -half_max, half_max).astype("<f2").tobytes()
+
+    def decode(self, payload: bytes) -> torch.Tensor:
+        r = _Reader(payload, self.name)
+        shape = _read_header(r, self.tag)
+        body = r.take(2 * math.prod(shape))
+        if r.rest():
+            raise PayloadError(f"{self.name}: trailing bytes after {list(shape)} float16 values")
+        return torch.from_numpy(np.frombuffer(body, dtype="<f2").astype(np.float32).reshape(shape))
+
+
+GRANULARITIES = ("per-tensor", "per-channel")
+
+
+def _channels(arr: np.ndarray, granularity: str) -> np.ndarray:
+    """Rows to quantise independently: channels (axis 0) of a >= 2-D tensor, else one row."""
+    if granularity == "per-channel" and arr.ndim >= 2:
+        return arr.reshape(arr.shape[0], -1)
+    return arr.reshape(1, -1)
+
+
+@FEATURE_CODECS.register("uniform")
+@dataclass(frozen=True)
+class UniformQuantCodec(_ReferenceCodec):
+    """Uniform min-max quantisation to ``bits`` bits, entropy-coded with zstandard.
+
+    ``per-channel`` keeps a range per channel (axis 0 of ``[C, H, W]``); a 1-D tensor is one
+    channel. Levels are bit-packed or left one per byte, whichever zstd codes smaller (one flag byte).
+    """
+
+    bits: int = 8
+    granularity: str = "per-tensor"
+    zstd_level: int = 3
+    version: int = 1
+    name = "uniform"
+    tag = 0xA3
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.bits, int) and 1 <= self.bits <= 16):
+            raise ValueError(f"uniform: bits must be an integer in 1..16, got {self.bits!r}")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"uniform: granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
+        if not 1 <= self.zstd_level <= 22:
+            raise ValueError(f"uniform: zstd_level must be in 1..22, got {self.zstd_level!r}")
+
+    def encode(self, tensor: torch.Tensor) -> bytes:
+        arr = as_finite_array(tensor, self.name)
+        rows = _channels(arr, self.granularity)
+        lo, hi = rows.min(axis=1), rows.max(axis=1)
+        q = _quantize(rows, lo, hi, self.bits)
+        if self.bits <= 8:
+            plain = _zstd_compress(q.astype(np.uint8).tobytes(), self.zstd_level)
+            packed = _zstd_compress(_pack_bits(q, self.bits), self.zstd_level)
+            flag, body = (1, packed) if len(packed) < len(plain) else (0, plain)
+        else:
+            flag, body = 2, _zstd_compress(q.astype("<u2").tobytes(), self.zstd_level)
+        ranges = np.stack([lo, hi], axis=1).astype("<f4").tobytes()
+        return _header(self.tag, arr.shape) + bytes([flag]) + ranges + body
+
+    def decode(self, payload: bytes) -> torch.Tensor:
+        r = _Reader(payload, self.name)
+        shape = _read_header(r, self.tag)
+        (flag,) = r.take(1)
+        n = math.prod(shape)
+        rows = shape[0] if self.granularity == "per-channel" and len(shape) >= 2 else 1
+        ranges = np.frombuffer(r.take(8 * rows), dtype="<f4").astype(np.float32).reshape(rows, 2)
+        lo, hi = ranges[:, 0], ranges[:, 1]
+        for a, b in ranges:
+            _check_finite_range(float(a), float(b), self.name)
+        body = r.rest()
+        if flag == 0 and self.bits <= 8:
+            q = np.frombuffer(_zstd_decompress(body, self.name, n), dtype=np.uint8)
+        elif flag == 1 and self.bits <= 8:
+            q = _unpack_bits(_zstd_decompress(body, self.name, (n * self.bits + 7) // 8), self.bits, n)
+        elif flag == 2 and self.bits > 8:
+            q = np.frombuffer(_zstd_decompress(body, self.name, 2 * n), dtype="<u2")
+        else:
+            raise PayloadError(f"{self.name}: packing flag {flag} is invalid for {self.bits}-bit levels")
+        if q.size and int(q.max()) > (1 << self.bits) - 1:
+            raise PayloadError(f"{self.name}: level {int(q.max())} exceeds {self.bits} bits")
+        out = _dequantize(q.reshape(rows, -1), lo, hi, self.bits)
+        return torch.from_numpy(out.reshape(shape))
+
+
+@FEATURE_CODECS.register("topk")
+@dataclass(frozen=True)
+class TopKCodec(_ReferenceCodec):
+    """Top-k sparsification: the ``keep`` fraction of largest-magnitude non-zero elements, as
+    float16 values plus a bit mask of their positions, entropy-coded with zstandard."""
+
+    keep: float = 0.25
+    zstd_level: int = 3
+    version: int = 1
+    name = "topk"
+    tag = 0xA4
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.keep, (int, float)) and 0 < self.keep <= 1):
+            raise ValueError(f"topk: keep must be a fraction in (0, 1], got {self.keep!r}")
+        if not 1 <= self.zstd_level <= 22:
+            raise ValueError(f"topk: zstd_level must be in 1..22, got {self.zstd_level!r}")
+
+    def encode(self, tensor: torch.Tensor) -> bytes:
+        arr = as_finite_array(tensor, self.name)
+        flat = arr.reshape(-1)
+        k = min(int(math.ceil(self.keep * flat.size)), int(np.count_nonzero(flat)))
+        order = np.argsort(-np.abs(flat), kind="stable")[:k]
+        mask = np.zeros(flat.size, dtype=bool)
+        mask[order] = True
+        half_max = float(np.finfo(np.float16).max)
+        values = np.clip(flat[mask], -half_max, half_max).astype("<f2")
+        body = _zstd_compress(np.packbits(mask).tobytes() + values.tobytes(), self.zstd_level)
+        return _header(self.tag, arr.shape) + _varint(k) + body
+
+    def decode(self, payload: bytes) -> torch.Tensor:
+        r = _Reader(payload, self.name)
+        shape = _read_header(r, self.tag)
+        n = math.prod(shape)
+        k = r.varint()
+        if k > n:
+            raise PayloadError(f"{self.name}: {k} kept values but only {n} elements")
+        mask_bytes = (n + 7) // 8
+        raw = _zstd_decompress(r.rest(), self.name, mask_bytes + 2 * k)
+        mask = np.unpackbits(np.frombuffer(raw[:mask_bytes], dtype=np.uint8))[:n].astype(bool)
+        if int(mask.sum()) != k:
+            raise PayloadError(f"{self.name}: mask marks {int(mask.sum())} positions, header says {k}")
+        out = np.zeros(n, dtype=np.float32)
+        out[mask] = np.frombuffer(raw[mask_bytes:], dtype="<f2").astype(np.float32)
+        return torch.from_numpy(out.reshape(shape))
+
+
+IMAGE_FORMATS = ("png", "webp", "jpeg")
+
+
+def tile_layout(shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """How a tensor is laid out as one grey image: (channels, height, width, grid columns).
+
+    ``[C, H, W]`` tiles its channels row by row in a near-square grid (as MPEG's feature-coding
+    anchors pack channels into a frame); leading dims beyond three fold into channels; a
+    1-D or 2-D tensor is one channel (1-D laid out as a near-square block).
+    """
+    if len(shape) >= 3:
+        c, h, w = math.prod(shape[:-2]), shape[-2], shape[-1]
+    elif len(shape) == 2:
+        c, h, w = 1, shape[0], shape[1]
+    else:
+        n = math.prod(shape)
+        c, w = 1, max(1, math.isqrt(max(n - 1, 0)) + 1)
+        h = max(1, -(-n // w))
+    cols = max(1, math.isqrt(max(c - 1, 0)) + 1)
+    return c, h, w, cols
+
+
+def _to_tiles(q: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    c, h, w, cols = tile_layout(shape)
+    rows = -(-c // cols)
+    flat = q.reshape(-1)
+    planes = np.zeros((rows * cols, h * w), dtype=q.dtype)
+    planes.reshape(-1)[: flat.size] = flat
+    return planes.reshape(rows, cols, h, w).transpose(0, 2, 1, 3).reshape(rows * h, cols * w)
+
+
+def _from_tiles(img: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    c, h, w, cols = tile_layout(shape)
+    rows = -(-c // cols)
+    planes = img.reshape(rows, h, cols, w).transpose(0, 2, 1, 3).reshape(-1)
+    return planes[: math.prod(shape)]
+
+
+@FEATURE_CODECS.register("image")
+@dataclass(frozen=True)
+class TiledImageCodec(_ReferenceCodec):
+    """Channel-tiled image coding with Pillow: min-max quantisation to 8 bits (16 for PNG at
+    ``bits=16``), channels tiled into one grey frame, then PNG (lossless), WebP or JPEG."""
+
+    format: str = "png"
+    quality: int = 90
+    bits: int = 8
+    version: int = 1
+    name = "image"
+    tag = 0xA5
+
+    def __post_init__(self) -> None:
+        if self.format not in IMAGE_FORMATS:
+            raise ValueError(f"image: format must be one of {IMAGE_FORMATS}, got {self.format!r}")
+        if not (isinstance(self.quality, int) and 1 <= self.quality <= 100):
+            raise ValueError(f"image: quality must be an integer in 1..100, got {self.quality!r}")
+        if self.bits not in (8, 16) or (self.bits == 16 and self.format != "png"):
+            raise ValueError(f"image: bits must be 8, or 16 with format='png'; got bits={self.bits!r} "
+                             f"with format={self.format!r}")
+
+    def encode(self, tensor: torch.Tensor) -> bytes:
+        from PIL import Image
+
+        arr = as_finite_array(tensor, self.name)
+        flat = arr.reshape(1, -1)
+        lo, hi = flat.min(axis=1), flat.max(axis=1)
+        q = _quantize(flat, lo, hi, self.bits)
+        tiles = _to_tiles(q, arr.shape)
+        buf = io.BytesIO()
+        if self.bits == 16:
+            Image.fromarray(tiles.astype(np.uint16)).save(buf, format="PNG")
+        else:
+            im = Image.fromarray(tiles.astype(np.uint8), mode="L")
+            if self.format == "png":
+                im.save(buf, format="PNG")
+            elif self.format == "webp":
+                im.save(buf, format="WEBP", quality=self.quality, method=4)
+            else:
+                im.save(buf, format="JPEG", quality=self.quality, optimize=True)
+        frame = buf.getvalue()
+        return _header(self.tag, arr.shape) + np.array([lo[0], hi[0]], dtype="<f4").tobytes() + _varint(len(frame)) + frame
+
+    def decode(self, payload: bytes) -> torch.Tensor:
+        from PIL import Image, UnidentifiedImageError
+
+        r = _Reader(payload, self.name)
+        shape = _read_header(r, self.tag)
+        lo, hi = np.frombuffer(r.take(8), dtype="<f4").astype(np.float32)
+        _check_finite_range(float(lo), float(hi), self.name)
+        c, h, w, cols = tile_layout(shape)
+        expected = (cols * w, -(-c // cols) * h)
+        frame = r.take(r.varint())
+        if r.rest():
+            raise PayloadError(f"{self.name}: trailing bytes after the {self.format} frame")
+        try:
+            with Image.open(io.BytesIO(frame)) as im:
+                im.load()
+                if im.size != expected:
+                    raise PayloadError(f"{self.name}: frame is {im.size[0]}x{im.size[1]}, header implies "
+                                       f"{expected[0]}x{expected[1]}")
+                if self.bits == 16:
+                    img = np.asarray(im, dtype=np.int64).astype(np.uint16)
+                else:
+                    img = np.asarray(im.convert("L"), dtype=np.uint8)
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise PayloadError(f"{self.name}: the {self.format} frame cannot be decoded ({exc})") from None
+        q = _from_tiles(img, shape)
+        out = _dequantize(q.reshape(1, -1), np.array([lo]), np.array([hi]), self.bits)
+        return torch.from_numpy(out.reshape(shape))
+
+
+# ---------------------------------------------------------------------------------------------
+# The contract every codec must keep
+
+
+def check_roundtrip(codec: FeatureCodec, tensor: torch.Tensor, label: str = "codec") -> tuple[bytes, torch.Tensor]:
+    """Encode and decode one tensor, enforcing the protocol; CodecContractError names what broke.
+
+    Returns ``(payload, decoded)``. Exceptions the codec raises itself propagate unchanged.
+    """
+    payload = codec.encode(tensor)
+    if not isinstance(payload, bytes):
+        raise CodecContractError(f"{label}: encode returned {type(payload).__name__}, expected bytes")
+    decoded = codec.decode(payload)
+    if not isinstance(decoded, torch.Tensor):
+        raise CodecContractError(f"{label}: decode returned {type(decoded).__name__}, expected a torch.Tensor")
+    if tuple(decoded.shape) != tuple(tensor.shape):
+        raise CodecContractError(f"{label}: decode returned shape {list(decoded.shape)}, expected {list(tensor.shape)}")
+    if decoded.dtype != tensor.dtype:
+        raise CodecContractError(f"{label}: decode returned dtype {decoded.dtype}, expected {tensor.dtype}")
+    finite = torch.isfinite(decoded)
+    if not bool(finite.all()):
+        raise CodecContractError(f"{label}: decode returned {int((~finite).sum())} non-finite values "
+                                 f"of {decoded.numel()}")
+    return payload, decoded
+
+
+def check_deterministic(codec: FeatureCodec, tensor: torch.Tensor, payload: bytes, label: str = "codec") -> None:
+    """Encoding the same tensor (a fresh copy) again must give the same bytes."""
+    again = codec.encode(tensor.clone())
+    if again != payload:
+        n = min(len(again), len(payload))
+        first = next((i for i in range(n) if again[i] != payload[i]), n)
+        raise CodecContractError(f"{label}: encode is not deterministic: two encodings of the same tensor "
+                                 f"differ ({len(payload)} and {len(again)} bytes, first difference at byte {first})")

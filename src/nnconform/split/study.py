@@ -1,0 +1,225 @@
+"""One anchor's split study: a single forward pass per batch feeds the feature statistics of
+every documented cut and every (cut, codec operating point) pair, whose decoded tensors then
+run through the cut's tail.
+
+Each sample is coded on its own, as a device would send it: bits per sample are the lengths of
+real payloads that were decoded back and evaluated. A codec that breaks the protocol (wrong
+shape or dtype, NaN, non-deterministic bytes, an undecodable payload, an exception) stops only
+its own (cut, point) pair; the error and its traceback are kept for that case's record.
+"""
+
+from __future__ import annotations
+
+import traceback as _traceback
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..stats import mean_kl_divergence, top1_agreement
+from .codecs import CodecContractError, check_deterministic, check_roundtrip
+from .cuts import SplitGraph
+from .features import CutProfile, FeatureStats, FeatureStatsAccumulator
+from .manifest import OperatingPoint
+
+
+@dataclass
+class CodedResult:
+    """What one operating point did at one cut, over every evaluated sample."""
+
+    cut: str
+    point: OperatingPoint
+    payload_bytes: list[int] = field(default_factory=list)
+    logits: torch.Tensor | None = None
+    correct: np.ndarray | None = None
+    agreement: float | None = None
+    kl: float | None = None
+    max_abs_error: float = 0.0
+    sq_error: float = 0.0
+    elements: int = 0
+    determinism_checked: int = 0
+    error: str | None = None
+    error_kind: str | None = None  # "contract" (protocol broken) or "exception" (the codec raised)
+    traceback: str | None = None
+    _chunks: list[torch.Tensor] = field(default_factory=list, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        """True when every sample was coded, decoded and evaluated."""
+        return self.error is None
+
+    @property
+    def n(self) -> int:
+        """Samples coded."""
+        return len(self.payload_bytes)
+
+    @property
+    def bits_per_sample(self) -> float:
+        """Mean payload size in bits."""
+        return 8.0 * float(np.mean(self.payload_bytes)) if self.payload_bytes else float("nan")
+
+    @property
+    def bytes_per_sample(self) -> float:
+        """Mean payload size in bytes."""
+        return float(np.mean(self.payload_bytes)) if self.payload_bytes else float("nan")
+
+    @property
+    def top1(self) -> float:
+        """Top-1 accuracy of the coded split model."""
+        return float(self.correct.mean()) if self.correct is not None else float("nan")
+
+    @property
+    def mse(self) -> float:
+        """Mean squared error of the decoded features."""
+        return self.sq_error / self.elements if self.elements else float("nan")
+
+    def to_dict(self) -> dict:
+        """Plain dict for records."""
+        return {"cut": self.cut, "point": self.point.id, "family": self.point.family, "n": self.n,
+                "bits_per_sample": self.bits_per_sample, "bytes_per_sample": self.bytes_per_sample,
+                "payload_bytes_min": int(min(self.payload_bytes)) if self.payload_bytes else None,
+                "payload_bytes_max": int(max(self.payload_bytes)) if self.payload_bytes else None,
+                "top1": self.top1, "agreement": self.agreement, "mean_kl": self.kl,
+                "feature_mse": self.mse, "feature_max_abs_error": self.max_abs_error,
+                "determinism_checked": self.determinism_checked, "error": self.error}
+
+
+@dataclass
+class SplitStudy:
+    """Everything measured for one anchor (see the module docstring)."""
+
+    anchor: str
+    graph: SplitGraph
+    labels: torch.Tensor
+    ref_logits: torch.Tensor
+    stats: dict[str, FeatureStats]
+    coded: dict[tuple[str, str], CodedResult]
+    dataset: str = ""
+    smoke: bool = False
+    profiles: dict[str, CutProfile] = field(default_factory=dict)  # every cut, multi cuts included
+    resolution_numel: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def ref_correct(self) -> np.ndarray:
+        """Per-sample correctness of the uncoded model on the study's samples."""
+        return (self.ref_logits.argmax(1) == self.labels).numpy()
+
+    @property
+    def ref_top1(self) -> float:
+        """Top-1 of the uncoded model on the study's samples."""
+        return float(self.ref_correct.mean())
+
+    def result(self, cut: str, point_id: str) -> CodedResult:
+        """One (cut, operating point) result; KeyError naming what was studied otherwise."""
+        try:
+            return self.coded[(cut, point_id)]
+        except KeyError:
+            raise KeyError(f"{self.anchor}: ({cut!r}, {point_id!r}) was not studied; studied: "
+                           f"{sorted(self.coded)}") from None
+
+    def curve(self, cut: str, family: str, metric: str = "top1") -> list[tuple[float, float]]:
+        """(bits per sample, metric) for every successful point of a family at a cut."""
+        out = []
+        for (c, _), r in self.coded.items():
+            if c == cut and r.point.family == family and r.ok:
+                out.append((r.bits_per_sample, r.top1 if metric == "top1" else r.agreement))
+        return sorted(out)
+
+
+def run_study(anchor: str, graph: SplitGraph, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
+              coded: Mapping[str, Sequence[OperatingPoint]], stats_cuts: Sequence[str] = (),
+              stats_samples: int = 256, determinism_checks: int = 2,
+              profiles: Mapping[str, CutProfile] | None = None,
+              resolution_numel: Mapping[str, Mapping[str, int]] | None = None,
+              dataset: str = "", smoke: bool = False) -> SplitStudy:
+    """Run the study; ``coded`` maps a single cut to the operating points coded there."""
+    for cut in coded:
+        if not graph.cut(cut).single:
+            raise ValueError(f"{anchor}: cut {cut!r} hands over {graph.cut(cut).num_tensors} tensors; "
+                             "feature codecs code single-tensor cuts")
+    probe_cuts = list(dict.fromkeys(list(stats_cuts) + list(coded)))
+    probe = graph.probe(probe_cuts)
+    tails = {cut: graph.tail(cut) for cut in coded}
+    acc = {cut: FeatureStatsAccumulator(graph.cut(cut)) for cut in stats_cuts}
+    results = {(cut, p.id): CodedResult(cut, p) for cut, pts in coded.items() for p in pts}
+    codecs = {}
+    for (cut, pid), r in results.items():
+        try:
+            codecs[(cut, pid)] = r.point.build()
+        except Exception as exc:  # the boundary of one case: a codec that cannot even be built
+            _fail(r, exc, "exception")
+
+    labels, ref_logits = [], []
+    seen = 0
+    with torch.inference_mode():
+        for x, y in batches:
+            out, feats = probe(x)
+            labels.append(y)
+            ref_logits.append(out)
+            take = max(0, min(len(y), stats_samples - seen))
+            if take:
+                for cut, a in acc.items():
+                    f = feats[cut]
+                    a.update(f[:take] if isinstance(f, torch.Tensor) else tuple(t[:take] for t in f))
+            for (cut, pid), r in results.items():
+                if r.ok:
+                    _code_batch(r, codecs[(cut, pid)], feats[cut], tails[cut], determinism_checks - r.determinism_checked)
+            seen += len(y)
+
+    labels_t = torch.cat(labels)
+    ref = torch.cat(ref_logits)
+    for r in results.values():
+        if r.ok:
+            r.logits = torch.cat(r._chunks)
+            r._chunks.clear()
+            r.correct = (r.logits.argmax(1) == labels_t).numpy()
+            r.agreement = top1_agreement(ref, r.logits)
+            r.kl = mean_kl_divergence(ref, r.logits)
+        else:
+            r._chunks.clear()
+    stats = {cut: a.result(profile=(profiles or {}).get(cut), resolution_numel=(resolution_numel or {}).get(cut))
+             for cut, a in acc.items()}
+    return SplitStudy(anchor=anchor, graph=graph, labels=labels_t, ref_logits=ref, stats=stats, coded=results,
+                      dataset=dataset, smoke=smoke, profiles=dict(profiles or {}),
+                      resolution_numel={k: dict(v) for k, v in (resolution_numel or {}).items()})
+
+
+def _fail(r: CodedResult, exc: BaseException, kind: str) -> None:
+    r.error = f"{type(exc).__name__}: {exc}"
+    r.error_kind = kind
+    r.traceback = "".join(_traceback.format_exception(exc))
+    r._chunks.clear()
+
+
+def _code_batch(r: CodedResult, codec, batch: torch.Tensor, tail, determinism_left: int) -> None:
+    label = f"{r.point.id} at {r.cut}"
+    decoded = []
+    sizes = []
+    try:
+        for i in range(batch.shape[0]):
+            sample = batch[i]
+            payload, dec = check_roundtrip(codec, sample, label)
+            if i < determinism_left:
+                check_deterministic(codec, sample, payload, label)
+                r.determinism_checked += 1
+            diff = (dec.to(torch.float64) - sample.to(torch.float64)).abs()
+            if r.point.lossless and bool((diff > 0).any()):
+                raise CodecContractError(f"{label}: declared lossless, but decoded values differ from the input "
+                                         f"by up to {float(diff.max()):.3g} in sample {r.n + i}")
+            r.max_abs_error = max(r.max_abs_error, float(diff.max()))
+            r.sq_error += float((diff * diff).sum())
+            r.elements += diff.numel()
+            sizes.append(len(payload))
+            decoded.append(dec)
+        logits = tail(torch.stack(decoded))
+        if not bool(torch.isfinite(logits).all()):
+            raise CodecContractError(f"{label}: the tail produced non-finite logits from decoded features")
+    except CodecContractError as exc:
+        _fail(r, exc, "contract")
+        return
+    except Exception as exc:  # the boundary of one case: the codec raised on its own input or payload
+        _fail(r, exc, "exception")
+        return
+    r.payload_bytes.extend(sizes)
+    r._chunks.append(logits)
