@@ -36,7 +36,7 @@ from nnconform.records import CheckRecord, Status, gate
 from nnconform.split import (SplitGraph, bd_rate, load_split_manifest, profile_cuts, resolution_scaling, select_split,
                              upper_envelope)
 from nnconform.split.onnx_check import onnx_roundtrip
-from nnconform.split.runner import SplitRunner, coded_cases, coded_cuts
+from nnconform.split.runner import SplitRunner, coded_cases, coded_cuts, torch_threads
 from nnconform.split.selection import Candidate, bounds, end_to_end
 from nnconform.stats import paired_comparison
 
@@ -90,12 +90,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

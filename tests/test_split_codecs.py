@@ -13,6 +13,15 @@ from hypothesis.extra import numpy as hnp
 from nnconform.split import (FEATURE_CODECS, CodecInputError, HalfCodec, PayloadError, RawCodec, TiledImageCodec,
                              TopKCodec, UniformQuantCodec, check_deterministic, check_roundtrip)
 from nnconform.split.codecs import tile_layout
+from nnconform.split.runner import torch_threads
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: these tests work on tiny tensors, and a shared machine stalls on more."""
+    with torch_threads(1):
+        yield
+
 
 REFERENCE = [RawCodec(), HalfCodec()] + [
     UniformQuantCodec(bits=b, granularity=g) for b in (8, 6, 4, 2, 1, 12) for g in ("per-tensor", "per-channel")

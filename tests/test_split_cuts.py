@@ -11,7 +11,16 @@ from torch import nn
 from nnconform.profile import count_macs, count_params
 from nnconform.split import SplitGraph, SplitTraceError, profile_cuts, resolution_scaling
 from nnconform.split.onnx_check import OnnxComparison, onnx_roundtrip
+from nnconform.split.runner import torch_threads
 from nnconform.zoo import build_architecture
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: these tests work on tiny tensors, and a shared machine stalls on more."""
+    with torch_threads(1):
+        yield
+
 
 FMNIST = (1, 28, 28)
 _GRAPHS: dict[str, SplitGraph] = {}

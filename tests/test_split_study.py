@@ -11,7 +11,16 @@ import torch
 
 from nnconform.split import HalfCodec, RawCodec, SplitGraph, profile_cuts, run_study
 from nnconform.split.manifest import OperatingPoint
+from nnconform.split.runner import torch_threads
 from nnconform.zoo import build_architecture
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: these tests work on tiny tensors, and a shared machine stalls on more."""
+    with torch_threads(1):
+        yield
+
 
 FMNIST = (1, 28, 28)
 

@@ -7,8 +7,9 @@ computed on first use and reused by every case of the anchor.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -19,6 +20,21 @@ from .study import SplitStudy, run_study
 
 #: Bytes of captured tensors per batch the study may hold at once (sets the batch size).
 CAPTURE_BUDGET_BYTES = 256 * 2**20
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run torch on ``n`` threads, then restore the previous setting.
+
+    The criterion works one image at a time; on a shared machine more threads than free cores
+    stall in OpenMP barriers (a 40 ms forward pass was seen taking minutes).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def later_tier(*tiers: str) -> str:
