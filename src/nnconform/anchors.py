@@ -24,7 +24,6 @@ import importlib
 import importlib.util
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -34,7 +33,7 @@ from torch import nn
 
 from .data import Preprocess
 from .hashing import sha256_file
-from .paths import anchors_dir
+from .paths import anchors_dir, read_toml
 
 FAMILIES = ("zoo", "efficientnet-lite", "torchvision")
 DATASETS = ("fashion-mnist", "imagenet-1k")
@@ -291,11 +290,7 @@ def parse_anchor(name: str, raw: dict, manifest: str) -> Anchor:
 def load_manifest(path: str | Path) -> dict[str, Anchor]:
     """All anchors of one manifest file."""
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except tomllib.TOMLDecodeError as exc:
-        raise ManifestError(f"{path}: not valid TOML: {exc}") from None
+    data = read_toml(path, ManifestError)
     return {name: parse_anchor(name, raw, str(path)) for name, raw in data.get("anchors", {}).items()}
 
 

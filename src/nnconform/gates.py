@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import functools
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .paths import anchors_dir
+from .paths import anchors_dir, read_toml
 from .stats import PairedComparison, paired_comparison
 
 
@@ -47,8 +46,7 @@ class GateResult:
 
 @functools.lru_cache(maxsize=8)
 def _load_tiers(path: Path) -> dict[str, Tier]:
-    with open(path, "rb") as f:
-        data = tomllib.load(f)
+    data = read_toml(path)
     tiers = {}
     for name, spec in data.get("tiers", {}).items():
         try:

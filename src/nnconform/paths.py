@@ -25,3 +25,14 @@ def default_cache_dir() -> Path:
 def default_report_dir() -> Path:
     """Where runs write ``<run-id>/`` folders."""
     return Path(os.environ.get("NNCONFORM_REPORT_DIR", REPO_ROOT / "reports"))
+
+
+def read_toml(path: str | Path, error: type[Exception] = ValueError) -> dict:
+    """A manifest as a dict; a malformed file raises ``error`` naming the file and the parse error."""
+    import tomllib
+
+    with open(path, "rb") as f:
+        try:
+            return tomllib.load(f)
+        except tomllib.TOMLDecodeError as exc:
+            raise error(f"{path}: not valid TOML: {exc}") from None

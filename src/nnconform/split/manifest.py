@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import functools
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..paths import anchors_dir
+from ..paths import anchors_dir, read_toml
 from .codecs import FEATURE_CODECS, FeatureCodec
 
 SUITE_TIERS = ("quick", "default", "full")
@@ -349,12 +348,7 @@ def parse_split_manifest(raw: Mapping[str, Any], path: str = "split.toml") -> Sp
 
 @functools.lru_cache(maxsize=4)
 def _load(path: Path) -> SplitManifest:
-    with open(path, "rb") as f:
-        try:
-            raw = tomllib.load(f)
-        except tomllib.TOMLDecodeError as exc:
-            raise SplitManifestError(f"{path}: {exc}") from None
-    return parse_split_manifest(raw, str(path))
+    return parse_split_manifest(read_toml(path, SplitManifestError), str(path))
 
 
 def load_split_manifest(path: str | Path | None = None) -> SplitManifest:

@@ -8,12 +8,11 @@ data in ``anchors/updates.toml``.
 from __future__ import annotations
 
 import functools
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..paths import anchors_dir
+from ..paths import anchors_dir, read_toml
 from .codec import UPDATE_CODECS, make_codec, operating_point_label
 
 RUN_TIERS = ("quick", "default", "full")
@@ -193,12 +192,7 @@ def parse_plan(data: dict, source: str = "", accuracy_tiers: set[str] | None = N
 
 @functools.lru_cache(maxsize=4)
 def _load(path: Path) -> UpdatePlan:
-    with open(path, "rb") as f:
-        try:
-            data = tomllib.load(f)
-        except tomllib.TOMLDecodeError as exc:
-            raise PlanError(f"{path}: not valid TOML: {exc}") from None
-    return parse_plan(data, str(path))
+    return parse_plan(read_toml(path, PlanError), str(path))
 
 
 def load_plan(path: str | Path | None = None) -> UpdatePlan:
