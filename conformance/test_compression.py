@@ -12,6 +12,8 @@ For each (anchor, method, operating point) of ``anchors/compression.toml``:
 * CPU latency of the decoded model is timed by pytest-benchmark.
 
 The calibration samples are a fixed list of training images, checked disjoint from the test set.
+ImageNet anchors run offline on the 20 foolbox ImageNet samples: 10 calibrate, the other 10 are a
+smoke evaluation (agreement and KL are reported; accuracy is not gated on 10 images).
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ import pytest
 import torch
 
 from nnconform.compress.runner import AnchorUnderTest, CaseOutcome, run_case
-from nnconform.compress.suite import (OperatingPoint, build_calibration, calibration_dataset_name, load_suite,
-                                      overlapping_images)
+from nnconform.compress.suite import (RUN_TIERS, OperatingPoint, build_calibration, calibration_dataset_name,
+                                      load_suite, overlapping_images)
 from nnconform.records import CheckRecord, Status, gate
 
 pytestmark = pytest.mark.criterion("compression")
@@ -32,9 +34,6 @@ SUITE = load_suite()
 ARTIFACT_CHECKS = ("compression.compress", "compression.size_reported", "compression.decode", "compression.output",
                    "compression.artifact_consistency")
 LATENCY_BATCH = 32
-
-
-RUN_TIERS = ("quick", "default", "full")
 
 
 def _at_least(tier: str, floor: str | None) -> str:

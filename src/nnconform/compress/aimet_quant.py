@@ -26,7 +26,7 @@ from torch import nn
 from .aimet_compression import aimet_workdir, quiet_aimet
 from .base import (Artifact, ArtifactError, CompressedModel, CompressionContext, CompressionError,
                    CompressorConfig, CompressorUnavailable, register_compressor)
-from .serialize import OnnxModule, check_onnx
+from .serialize import OnnxModule, check_onnx, onnx_parameter_count
 
 
 @dataclass(frozen=True)
@@ -94,14 +94,16 @@ class AimetQuantCompressor:
 
     name = "aimet-quant"
     config_cls = AimetQuantConfig
-    #: The ONNX graph stores int32 biases where QuantSim keeps float ones: logits differ slightly.
-    decode_tolerance = 0.02
+    #: The ONNX graph stores int32 biases where QuantSim keeps float ones, and onnxruntime rounds its
+    #: requantizations its own way: logits differ by a few output quantization steps (0.5% of the logit
+    #: range on LeNet-5, 3% on EfficientNet-Lite0). A wrong artifact differs by ~100%.
+    decode_tolerance = 0.05
     description = ("AIMET prepare_model, BN folding, CLE, QuantSim post_training_tf_enhanced "
                    "(AdaRound for low-bit weights); exported as QDQ ONNX with int weights + JSON encodings")
 
     def compress(self, model: nn.Module, config: AimetQuantConfig, ctx: CompressionContext) -> CompressedModel:
         api = _import_aimet_quant()
-        from ..profile import count_macs, count_params
+        from ..profile import count_macs
 
         dummy = ctx.dummy_input(1)
         x_cal, _ = ctx.calibration.take(config.calibration_samples)
@@ -113,7 +115,7 @@ class AimetQuantCompressor:
                 if config.cle:
                     api["cle"](prepared, dummy_input=dummy)
                 prepared.eval()
-                params, macs = count_params(prepared), count_macs(prepared, ctx.input_shape)
+                macs = count_macs(prepared, ctx.input_shape)
 
                 def calibrate(sim_model, _args=None):
                     with torch.no_grad():
@@ -156,12 +158,13 @@ class AimetQuantCompressor:
                 raise CompressionError(f"AIMET quantization W{config.param_bw}A{config.output_bw} failed: "
                                        f"{type(exc).__name__}: {exc}") from exc
         artifact = Artifact(files, f"onnx-qdq-w{config.param_bw}a{config.output_bw}")
+        params = onnx_parameter_count(files["model.onnx"])
         sim_model = sim.model.eval()
         return CompressedModel(sim_model, artifact, artifact.nbytes, params=params, macs=macs, metadata={
             "opset": opset, "folded_batch_norms": len(folded_pairs or []), "cle": config.cle,
             "adaround_iterations": config.adaround_iterations, "calibration_samples": len(x_cal),
             "file_bytes": artifact.sizes(),
-            "params_are": "parameters of the BN-folded graph", "macs_are": "MACs of the BN-folded graph"})
+            "params_are": "weights and biases stored in model.onnx", "macs_are": "MACs of the BN-folded graph"})
 
     def decode(self, artifact, template, config: AimetQuantConfig, ctx) -> nn.Module:
         data = artifact.file("model.onnx")
@@ -203,3 +206,4 @@ def check_encodings_match(onnx_bytes: bytes, encodings: bytes, param_bw: int) ->
     if checked == 0:
         raise ArtifactError("model.encodings has no weight encodings that match model.onnx")
     return checked
+

@@ -252,6 +252,8 @@ class QuantizedGraph(nn.Module):
     """A torch.ao quantized graph whose ``state_dict`` is plain tensors (int8 values, scales, zero
     points), so the evaluation cache can fingerprint it like any float model."""
 
+    profiled_by_method = True  # quantized modules expose no parameters to count
+
     def __init__(self, graph: nn.Module) -> None:
         super().__init__()
         self.graph = graph

@@ -37,7 +37,7 @@ from ..records import CheckRecord, Status, gate
 from .base import (Artifact, ArtifactError, CalibrationSet, CompressedModel, CompressionContext, CompressorUnavailable,
                    get_compressor)
 from .metrics import CompressionMetrics, accuracy_record, compute_metrics
-from .serialize import OnnxModule, fp32_state_bytes, poisoned_template
+from .serialize import OnnxModule, fp32_state_bytes, onnx_parameter_count, poisoned_template
 from .suite import OperatingPoint
 
 ENGINE_VERSION = "2"
@@ -189,13 +189,19 @@ def _counts(decoded: nn.Module, result: CompressedModel, input_shape) -> tuple[i
     """(params, MACs, source): measured on the decoded model when it is a plain float torch model."""
     from ..profile import count_macs
 
-    plain = not isinstance(decoded, OnnxModule) and all(p.is_floating_point() for p in decoded.parameters()) \
+    # ONNX graphs and torch.ao quantized graphs hide their weights from ``parameters()``: their
+    # methods report the counts of the graph they exported (``profiled_by_method``)
+    opaque = isinstance(decoded, OnnxModule) or any(getattr(m, "profiled_by_method", False) for m in decoded.modules())
+    plain = not opaque and all(p.is_floating_point() for p in decoded.parameters()) \
         and any(True for _ in decoded.parameters())
     if plain:
         nonzero = sum(int((p != 0).sum()) for p in decoded.parameters())
         return nonzero, count_macs(decoded, input_shape), "measured on the decoded model (nonzero parameters)"
-    if result.params is None or result.macs is None:
+    if result.macs is None or (result.params is None and not isinstance(decoded, OnnxModule)):
         raise ArtifactError("the decoded model cannot be profiled by torch and the method reported no params/MACs")
+    if isinstance(decoded, OnnxModule):
+        params = onnx_parameter_count(decoded.onnx_bytes.numpy().tobytes())
+        return params, int(result.macs), "parameters stored in the ONNX graph; MACs reported by the method"
     return int(result.params), int(result.macs), "reported by the method for the graph it exported"
 
 

@@ -276,3 +276,18 @@ def check_onnx(data: bytes, where: str) -> None:
         onnx.checker.check_model(model)
     except Exception as exc:
         raise ArtifactError(f"{where}: not a valid ONNX model ({type(exc).__name__}: {exc})") from None
+
+
+def onnx_parameter_count(onnx_bytes: bytes) -> int:
+    """Elements of the graph's stored weights and biases (quantization scales, zero points and integer
+    shape constants excluded): the parameter count of what the artifact actually holds."""
+    import numpy as np
+    import onnx
+
+    graph = onnx.load_from_string(bytes(onnx_bytes)).graph
+    total = 0
+    for init in graph.initializer:
+        if init.name.endswith(("_scale", "_zero_point")) or init.data_type == onnx.TensorProto.INT64:
+            continue
+        total += int(np.prod(init.dims)) if len(init.dims) else 1
+    return total
