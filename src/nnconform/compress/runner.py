@@ -242,6 +242,7 @@ def run_case(point: OperatingPoint, anchor: AnchorUnderTest, calibration: Calibr
             start = time.perf_counter()
             try:
                 model_copy = _fresh_copy(anchor.model)
+                _seed_everything(ctx.seed)  # AIMET's channel-pruning reconstruction samples at random
                 result = handler.compress(model_copy, point.config, ctx)
             except CompressorUnavailable as exc:
                 out.skip_reason = str(exc)
@@ -395,3 +396,15 @@ def _fresh_copy(model: nn.Module) -> nn.Module:
     import copy
 
     return copy.deepcopy(model).eval()
+
+
+def _seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch so a method that samples (AIMET channel pruning picks random
+    feature-map positions for its reconstruction) gives the same artifact on every run."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
