@@ -185,26 +185,33 @@ class TopKDeltaCodec:
         return pack_records(records, self.config.zstd_level)
 
     def decode(self, base: StateDict, body: bytes) -> StateDict:
-        records = unpack_records(body)
-        check_records(records, base, ("gaps", "values", "exact"))
-        out: StateDict = {}
-        for name, b in base.items():
-            exact = decode_exact(records, name, b)
-            if exact is not None:
-                out[name] = exact
-                continue
-            gaps = records.get(f"{name}::gaps")
-            if gaps is None:
-                out[name] = b.clone()
-                continue
-            values = records[f"{name}::values"]
+        def one(records, name: str, b: torch.Tensor) -> torch.Tensor:
+            gaps, values = records[f"{name}::gaps"], records[f"{name}::values"]
             idx = torch.cumsum(gaps.to(torch.int64), 0)
             if idx.numel() != values.numel():
                 raise ValueError(f"{name}: {idx.numel()} positions but {values.numel()} values")
             if idx.numel() and (int(gaps.to(torch.int64).min()) < 0 or int(idx[-1]) >= b.numel()):
                 raise ValueError(f"{name}: positions outside 0..{b.numel() - 1}")
-            out[name] = apply_sparse(b, idx, values)
-        return out
+            return apply_sparse(b, idx, values)
+
+        return _decode_per_tensor(body, base, ("gaps", "values", "exact"), "gaps", one)
+
+
+def _decode_per_tensor(body: bytes, base: StateDict, kinds: tuple[str, ...], marker: str, decode_one) -> StateDict:
+    """The decode loop shared by the per-tensor lossy codecs: exact tensors as stored, tensors with
+    no ``<name>::<marker>`` record unchanged, the rest through ``decode_one(records, name, base)``."""
+    records = unpack_records(body)
+    check_records(records, base, kinds)
+    out: StateDict = {}
+    for name, b in base.items():
+        exact = decode_exact(records, name, b)
+        if exact is not None:
+            out[name] = exact
+        elif f"{name}::{marker}" not in records:
+            out[name] = b.clone()
+        else:
+            out[name] = decode_one(records, name, b)
+    return out
 
 
 def _pack_nibbles(q: torch.Tensor) -> torch.Tensor:
@@ -276,22 +283,13 @@ class UniformQuantDeltaCodec:
         return pack_records(records, self.config.zstd_level)
 
     def decode(self, base: StateDict, body: bytes) -> StateDict:
-        records = unpack_records(body)
-        check_records(records, base, ("step", "levels", "exact"))
-        out: StateDict = {}
-        for name, b in base.items():
-            exact = decode_exact(records, name, b)
-            if exact is not None:
-                out[name] = exact
-                continue
-            packed = records.get(f"{name}::levels")
-            if packed is None:
-                out[name] = b.clone()
-                continue
+        def one(records, name: str, b: torch.Tensor) -> torch.Tensor:
+            packed = records[f"{name}::levels"]
             step = float(records[f"{name}::step"].reshape(-1)[0])
             q = _unpack_nibbles(packed, b.numel()) if self.bits_for(b) <= 4 else packed.to(torch.int16)
             if q.numel() != b.numel():
                 raise ValueError(f"{name}: {q.numel()} levels for {b.numel()} elements")
             idx = torch.nonzero(q).reshape(-1)
-            out[name] = apply_sparse(b, idx, q[idx].to(torch.float64) * step)
-        return out
+            return apply_sparse(b, idx, q[idx].to(torch.float64) * step)
+
+        return _decode_per_tensor(body, base, ("step", "levels", "exact"), "levels", one)
