@@ -8,7 +8,6 @@ the fixed calibration index lists. Python only validates it and builds the confi
 from __future__ import annotations
 
 import functools
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 
 from ..hashing import arrays_sha256
-from ..paths import anchors_dir
+from ..paths import anchors_dir, read_toml
 from .base import CalibrationSet, CompressorConfig, get_compressor
 
 RUN_TIERS = ("quick", "default", "full")
@@ -165,12 +164,9 @@ def parse_suite(data: dict, path: str = MANIFEST) -> Suite:
 @functools.lru_cache(maxsize=4)
 def _load(path: Path) -> Suite:
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        data = read_toml(path, SuiteError)
     except FileNotFoundError:
         raise SuiteError(f"{path}: the compression suite manifest is missing") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SuiteError(f"{path}: not valid TOML: {exc}") from None
     return parse_suite(data, str(path))
 
 
