@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from nnconform import proposal
 from nnconform.compress.runner import AnchorUnderTest, CaseOutcome, run_case
 from nnconform.compress.suite import (RUN_TIERS, OperatingPoint, build_calibration, calibration_dataset_name,
                                       load_suite, overlapping_images)
@@ -30,7 +31,7 @@ from nnconform.records import CheckRecord, Status, gate
 
 pytestmark = pytest.mark.criterion("compression")
 
-SUITE = load_suite()
+SUITE = load_suite().with_points(proposal.compression_points())
 ARTIFACT_CHECKS = ("compression.compress", "compression.size_reported", "compression.decode", "compression.output",
                    "compression.artifact_consistency")
 LATENCY_BATCH = 32
@@ -175,12 +176,21 @@ def test_calibration_disjoint(dataset_name, nnc_session, nnc_record, load_or_ski
 def test_compressed_artifact(anchor_name, point, case_outcome, nnc_record):
     """The artifact decodes on a NaN-filled template to a model with the anchor's output shape and finite logits,
     that model computes what the method's own result computes (the evaluated model is the one rebuilt from the
-    artifact), and the size the method reports is the artifact's length."""
+    artifact) and gives the same output twice, the size the method reports is the artifact's length, and it is no
+    larger than the size a proposal claims."""
     out = case_outcome(point)
     for rec in out.records:
         nnc_record(rec)
     failure = out.failure
     assert failure is None, f"{failure.check_id}: {failure.message}" if failure else ""
+    if point.claimed_bytes is not None:
+        nbytes = out.artifact.nbytes
+        rec = nnc_record(gate("compression.size_claim", point.subject, nbytes <= point.claimed_bytes, measured=nbytes,
+                              expected=point.claimed_bytes, criterion="compression",
+                              message=f"artifact {nbytes} bytes {'<=' if nbytes <= point.claimed_bytes else '>'} the "
+                                      f"{point.claimed_bytes} bytes proposal {point.proposal!r} claims",
+                              details={"proposal": point.proposal, "files": out.artifact.sizes()}))
+        assert rec.passed, rec.message
     assert {r.check_id for r in out.records} >= set(ARTIFACT_CHECKS), \
         f"missing checks: {set(ARTIFACT_CHECKS) - {r.check_id for r in out.records}}"
 

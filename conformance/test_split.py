@@ -28,6 +28,7 @@ import math
 import pytest
 import torch
 
+from nnconform import proposal
 from nnconform.anchors import WeightsIntegrityError, WeightsUnavailable, get_anchor, list_anchors, select_anchors
 from nnconform.data import DatasetUnavailable
 from nnconform.gates import best_tier_met, load_tiers, non_inferiority
@@ -42,7 +43,7 @@ from nnconform.stats import paired_comparison
 
 pytestmark = pytest.mark.criterion("split")
 
-MANIFEST = load_split_manifest()
+MANIFEST = load_split_manifest().with_points(proposal.split_points())
 ANCHORS = list_anchors()
 RUNNER_KEY = pytest.StashKey[SplitRunner]()
 
@@ -66,7 +67,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     tier = metafunc.config.getoption("--nnc-tier", "default")
     try:
-        selected = set(select_anchors(metafunc.config.getoption("--nnc-anchors", "default")))
+        from nnconform.plugin import SESSION_KEY
+
+        selected = set(select_anchors(metafunc.config.stash[SESSION_KEY].config.anchors))
     except KeyError:
         selected = set()
     params = []

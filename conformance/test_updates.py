@@ -14,21 +14,26 @@ IMAGENET1K_V1 -> V2, whose preprocessing changes with the weights):
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from nnconform import proposal
 from nnconform.anchors import get_anchor, list_anchors
+from nnconform.hashing import sha256_bytes
 from nnconform.records import CheckRecord, Status, gate
 from nnconform.stats import top1_agreement, wilson_interval
 from nnconform.updates import CodecUnavailable, apply_update, encode_update, make_codec
 from nnconform.updates.checks import (check_lineage_accuracy, check_payload_safety, check_reconstruction,
                                       check_update_accuracy, comparison_record)
 from nnconform.updates.compare import compare_results, weight_changes
-from nnconform.updates.plan import RUN_TIERS, higher_run_tier, lineage_pairs, load_plan
+from nnconform.updates.plan import RUN_TIERS, LineagePair, higher_run_tier, lineage_pairs, load_plan
 
 pytestmark = pytest.mark.criterion("updates")
 
 PLAN = load_plan()
-POINTS = PLAN.points_with_proposals()
+POINTS = PLAN.points_with_proposals(proposal.update_points())
+UPDATE_ARTIFACTS = proposal.update_artifacts()
 LINEAGES = {name: [c.name for c in get_anchor(name).checkpoints] for name in list_anchors()
             if len(get_anchor(name).checkpoints) >= 2}
 PAIRS = [p for name, checkpoints in LINEAGES.items() for p in lineage_pairs(name, checkpoints)]
@@ -58,6 +63,8 @@ def _case_params(evaluates: bool):
         if pair_tier is None:
             continue
         for point in POINTS:
+            if not point.applies_to(pair.anchor):
+                continue
             tier = higher_run_tier(pair_tier, point.run_tier)
             if evaluates:
                 tier = PLAN.eval_run_tier(pair.anchor, tier)
@@ -70,8 +77,9 @@ def _codec_params():
         if pair.kind != "latest":
             continue
         for point in POINTS:
-            yield pytest.param(pair.anchor, pair, point, id=f"{pair.id}-{point.label}",
-                               marks=_tier_mark(point.run_tier))
+            if point.applies_to(pair.anchor):
+                yield pytest.param(pair.anchor, pair, point, id=f"{pair.id}-{point.label}",
+                                   marks=_tier_mark(point.run_tier))
 
 
 def _rounds(state) -> int:
@@ -226,7 +234,7 @@ def test_update_accuracy(anchor_name, pair, point, encoded, payloads, nnc_sessio
     subject = f"{pair.id}/{point.label}"
     extra = {"pair": pair.id, "anchor": anchor_name, "kind": pair.kind, "codec": point.codec, "label": point.label,
              "params": dict(point.params), "top1": result.top1, "target_top1": target_result.top1,
-             "lossless": decoded.header.lossless, "smoke": dataset.smoke}
+             "lossless": decoded.header.lossless, "smoke": dataset.smoke, "proposal": point.proposal}
     if dataset.smoke:
         claim = None  # 20 images cannot support a non-inferiority margin of 1% or less
     rec = check_update_accuracy(subject, target_correct=target_result.correct, recon_correct=result.correct,
@@ -285,3 +293,72 @@ def test_update_decode_time(anchor_name, pair, point, encoded, nnc_session, nnc_
     rec = nnc_record(gate("updates.decoded_loads", f"{pair.id}/{point.label}", ok, measured=decoded.header.target_sha256,
                           expected="loads with strict=True", criterion="updates", message=msg))
     assert rec.passed, rec.message
+
+
+# ---------------------------------------------------------------------------------------------
+# Artifact-only submissions: update payloads with no code
+
+
+def _artifact_params():
+    for a in UPDATE_ARTIFACTS:
+        pair = next((p for p in PAIRS if (p.anchor, p.base, p.target) == (a.anchor, a.base, a.target)),
+                    LineagePair(a.anchor, a.base, a.target, "submitted"))
+        tier = PLAN.eval_run_tier(a.anchor, "quick")
+        yield pytest.param(a.anchor, a, pair, id=a.id, marks=_tier_mark(tier))
+
+
+if UPDATE_ARTIFACTS:  # defined only for runs with --nnc-proposal artifacts (no empty parameter set)
+    @pytest.mark.parametrize("anchor_name,submitted,pair", list(_artifact_params()))
+    def test_submitted_update(anchor_name, submitted, pair, payloads, nnc_session, nnc_record, load_or_skip):
+        """A submitted update payload (no code runs) is hash-checked and decoded by the reference decoders on
+        the base checkpoint it names (a payload built on another base is refused), is no larger than the size
+        claimed, and the model it rebuilds meets the claimed accuracy tier against the target checkpoint."""
+        a = submitted
+        subject = f"{a.anchor}/{a.base}->{a.target}/{a.proposal}/{a.label}"
+        path = Path(a.file.path)
+        data = path.read_bytes()
+        digest = sha256_bytes(data)
+        rec = nnc_record(gate("updates.submitted_file", subject, digest == a.file.sha256, measured=digest,
+                              expected=a.file.sha256, criterion="updates",
+                              message=f"{path}: {len(data)} bytes, sha256 {'matches' if digest == a.file.sha256 else 'differs from'}"
+                                      f" the manifest's", details={"proposal": a.proposal, "file": str(path)}))
+        assert rec.passed, rec.message
+        anchor = nnc_session.anchor(anchor_name)
+        dataset = load_or_skip(nnc_session.dataset, anchor, subject=subject)
+        base = load_or_skip(nnc_session.model, anchor_name, a.base, subject=subject).state_dict()
+        target_result = load_or_skip(nnc_session.reference, anchor_name, a.target, subject=subject)
+        try:
+            decoded = apply_update(base, data)
+            model = anchor.build_architecture()
+            model.load_state_dict(decoded.state, strict=True)
+        except CodecUnavailable as exc:
+            pytest.skip(str(exc))
+        except (ValueError, RuntimeError) as exc:
+            rec = nnc_record(CheckRecord("updates.submitted_decode", subject, Status.FAIL, criterion="updates",
+                                         message=f"{path.name} is refused by the reference decoder: "
+                                                 f"{type(exc).__name__}: {exc}",
+                                         details={"proposal": a.proposal, "file": str(path), "base": a.base}))
+            pytest.fail(rec.message, pytrace=False)
+        nnc_record(CheckRecord("updates.submitted_decode", subject, Status.PASS, criterion="updates",
+                               message=f"{path.name} decoded by the reference {decoded.header.codec!r} decoder on "
+                                       f"{a.base} to the state its header pins",
+                               details={"proposal": a.proposal, "codec": decoded.header.codec}))
+        size_ok = a.claimed_bytes is None or len(data) <= a.claimed_bytes
+        if a.claimed_bytes is not None:
+            nnc_record(gate("updates.size_claim", subject, size_ok, measured=len(data), expected=a.claimed_bytes,
+                            criterion="updates", details={"proposal": a.proposal},
+                            message=f"payload {len(data)} bytes {'<=' if size_ok else '>'} the {a.claimed_bytes} "
+                                    f"bytes claimed"))
+        result = nnc_session.evaluator.evaluate(model.eval(), dataset, decoded.preprocess or anchor.preprocess)
+        full = payloads.full_bytes(nnc_session, pair)
+        rec = check_update_accuracy(
+            subject, target_correct=target_result.correct, recon_correct=result.correct,
+            claim=None if dataset.smoke else a.claimed_tier, update_bytes=len(data), full_bytes=full,
+            agreement=top1_agreement(target_result.logits, result.logits),
+            extra={"pair": pair.id, "anchor": anchor_name, "kind": pair.kind, "codec": decoded.header.codec,
+                   "label": f"{a.proposal}-{a.label}", "params": decoded.header.config, "top1": result.top1,
+                   "target_top1": target_result.top1, "lossless": decoded.header.lossless, "smoke": dataset.smoke,
+                   "proposal": a.proposal})
+        nnc_record(rec)
+        assert rec.passed and size_ok, rec.message if not rec.passed else f"payload {len(data)} bytes > claimed " \
+                                                                          f"{a.claimed_bytes}"

@@ -33,9 +33,16 @@ def _existing_dir(value: str) -> str:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("nnconform", "nnconform conformance suite")
-    group.addoption("--nnc-anchors", default="default", metavar="SPEC",
+    group.addoption("--nnc-anchors", default=None, metavar="SPEC",
                     help="anchors to evaluate: 'default' (embedded, offline), 'all', a family "
-                         "(zoo, efficientnet-lite, torchvision) or comma-separated names/globs")
+                         "(zoo, efficientnet-lite, torchvision) or comma-separated names/globs "
+                         "(default: 'default', or the anchors of --nnc-proposal)")
+    group.addoption("--nnc-proposal", "--proposal", action="append", default=[], metavar="PATH",
+                    help="a proposal to check: its proposal.toml, a folder holding one, or its .py file with the "
+                         "manifest beside it (repeatable); runs the criteria it applies to, and fails the run "
+                         "when the manifest has a problem or a claim is not met")
+    group.addoption("--nnc-proposal-only", action="store_true",
+                    help="with --nnc-proposal: run only the proposals' own cases (not the reference methods')")
     group.addoption("--nnc-tier", default="default", type=_tier, metavar="|".join(TIERS),
                     help="how much of the suite runs: quick (CI), default, full (default: %(default)s)")
     group.addoption("--nnc-data-dir", default=None, type=_existing_dir, metavar="DIR",
@@ -61,8 +68,14 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
     cache = config.getoption("--nnc-cache-dir")
     report = config.getoption("--nnc-report-dir")
+    proposals = _load_proposals(config.getoption("--nnc-proposal"))
+    anchors = config.getoption("--nnc-anchors")
+    if anchors is None:
+        anchors = _proposal_anchors(proposals) or "default"
+    if config.getoption("--nnc-proposal-only") and not proposals:
+        raise pytest.UsageError("--nnc-proposal-only needs --nnc-proposal PATH")
     run = RunConfig(
-        anchors=config.getoption("--nnc-anchors"),
+        anchors=anchors,
         tier=config.getoption("--nnc-tier"),
         data_dir=config.getoption("--nnc-data-dir"),
         imagenet=config.getoption("--nnc-imagenet"),
@@ -70,13 +83,59 @@ def pytest_configure(config: pytest.Config) -> None:
         report_dir=Path(report) if report else default_report_dir(),
         run_id=config.getoption("--nnc-run-id"),
         write_report=not config.getoption("--nnc-no-report"),
+        proposals=tuple(config.getoption("--nnc-proposal")),
+        proposal_only=config.getoption("--nnc-proposal-only"),
     )
-    config.stash[SESSION_KEY] = ConformanceSession(run)
+    config.stash[SESSION_KEY] = ConformanceSession(run, proposals=proposals)
     config.pluginmanager.register(_RecordCollector(config.stash[SESSION_KEY]), "nnconform-records")
 
 
+def _load_proposals(paths: list[str]) -> list:
+    """Check every ``--nnc-proposal`` manifest (importing its code) and make the valid ones active."""
+    if not paths:
+        return []
+    from .proposal import activate, load_proposal
+
+    proposals = [load_proposal(p) for p in paths]
+    activate(proposals)
+    return proposals
+
+
+def _proposal_anchors(proposals: list) -> str:
+    from .anchors import list_anchors
+
+    known = set(list_anchors())
+    return ",".join(dict.fromkeys(a for p in proposals for a in p.anchors if a in known))
+
+
+def _proposal_of(value) -> str:
+    """The proposal a case parameter belongs to ("" for reference methods and anchors)."""
+    own = getattr(value, "proposal", "")
+    return own if isinstance(own, str) and own else getattr(getattr(value, "point", None), "proposal", "") or ""
+
+
+def _proposal_filter(session: ConformanceSession, item: pytest.Item) -> bool:
+    """Whether a case runs in a run with proposals: a manifest problem stops everything but the
+    manifest cases; otherwise the criteria the proposals apply to run (plus the anchors' own checks),
+    and with ``--nnc-proposal-only`` only the cases of the proposals' operating points."""
+    marker = item.get_closest_marker("criterion")
+    criterion = marker.args[0] if marker else None
+    if criterion == "proposal":
+        return True
+    if any(not p.ok for p in session.proposals):
+        return False
+    applies = {"anchors"} | {c for p in session.proposals for c in p.criteria}
+    if criterion is not None and criterion not in applies:
+        return False
+    if session.config.proposal_only:
+        callspec = getattr(item, "callspec", None)
+        return bool(callspec) and any(_proposal_of(v) for v in callspec.params.values())
+    return True
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect cases outside ``--nnc-anchors`` and above ``--nnc-tier``."""
+    """Deselect cases outside ``--nnc-anchors``, above ``--nnc-tier`` and, with proposals, outside the
+    criteria they apply to."""
     from .anchors import select_anchors
 
     session = config.stash[SESSION_KEY]
@@ -86,6 +145,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         callspec = getattr(item, "callspec", None)
         anchor = callspec.params.get("anchor_name") if callspec else None
+        if session.proposals and not _proposal_filter(session, item):
+            drop.append(item)
+            continue
         if parallel and "benchmark" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.skip(reason="timing case: pytest-benchmark does not run under "
                                                     "pytest-xdist; run without -n to measure latency"))

@@ -48,6 +48,8 @@ class RunConfig:
     report_dir: Path | None = None
     run_id: str | None = None
     write_report: bool = True
+    proposals: tuple[str, ...] = ()  # --nnc-proposal manifests, as given
+    proposal_only: bool = False  # run only the proposals' own cases
 
     def __post_init__(self) -> None:
         if self.tier not in TIERS:
@@ -118,6 +120,8 @@ class ConformanceSession:
     datasets_used: dict[str, dict] = field(default_factory=dict)
     anchors_used: dict[str, dict] = field(default_factory=dict)
     benchmarks: list[dict] = field(default_factory=list)
+    #: checked :class:`~nnconform.proposal.Proposal` objects of ``--nnc-proposal``
+    proposals: list[Any] = field(default_factory=list)
     _models: dict[tuple, Any] = field(default_factory=dict, repr=False)
     _datasets: dict[tuple, Any] = field(default_factory=dict, repr=False)
     _references: dict[tuple, EvalResult] = field(default_factory=dict, repr=False)

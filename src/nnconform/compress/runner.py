@@ -10,8 +10,9 @@ The checks that make sizes honest:
 * ``compression.decode``: the artifact decodes on a template whose weights are all NaN, so every
   weight the evaluated model uses comes from the artifact;
 * ``compression.artifact_consistency``: the decoded model computes what the method's own in-memory
-  result computes (on a probe batch), and a second decode of the artifact has the same fingerprint
-  as the model that is evaluated: the evaluated model is the one rebuilt from the artifact.
+  result computes (on a probe batch), gives the same output twice for the same input, and a second
+  decode of the artifact has the same fingerprint as the model that is evaluated: the evaluated
+  model is the one rebuilt from the artifact, and it is deterministic.
 
 Artifacts are cached on disk by (anchor weights, method, config, calibration, versions), so a
 rerun decodes instead of compressing; the evaluation cache then makes the forward passes free.
@@ -220,10 +221,12 @@ def run_case(point: OperatingPoint, anchor: AnchorUnderTest, calibration: Calibr
     except (KeyError, TypeError) as exc:
         rec(CheckRecord.from_exception("compression.compress", subject, exc, criterion=CRITERION))
         return out
-    cache = CompressionCache(cache_dir if use_cache else None)
+    # a handler that reads files the user may change (artifact-only submissions) is never cached
+    cache = CompressionCache(cache_dir if use_cache and getattr(handler, "cacheable", True) else None)
     key = cache.key(point, anchor.model, calibration)
     probe_x = calibration.images[:PROBE_SAMPLES]
     out.details.update(anchor=point.anchor, method=point.method, label=point.label, run_tier=point.run_tier,
+                       proposal=point.proposal,
                        description=getattr(handler, "description", ""), smoke=anchor.smoke,
                        config=point.config.to_dict(), calibration=calibration.to_dict(), cache_key=key[:16])
 
@@ -338,6 +341,11 @@ def run_case(point: OperatingPoint, anchor: AnchorUnderTest, calibration: Calibr
                                     f"method produced")
         else:
             details["relative_error"] = None
+        repeat_probe = _forward(decoded, probe_x)
+        if not torch.equal(repeat_probe, decoded_probe):
+            diff = float((repeat_probe - decoded_probe).abs().max())
+            problems.append(f"two forward passes of the decoded model on the same {probe_x.shape[0]} inputs differ "
+                            f"(max difference {diff:.3g}): its output is not deterministic")
         try:
             again = handler.decode(result.artifact, poisoned_template(anchor.model), point.config, ctx)
             fp1, fp2 = module_sha256(decoded), module_sha256(again)

@@ -36,6 +36,10 @@ class OperatingPoint:
     label: str
     run_tier: str
     config: CompressorConfig
+    #: the proposal that contributed the point ("" for the reference methods of the manifest)
+    proposal: str = ""
+    #: the size the proposal claims here: the artifact must be no larger (None: no size claim)
+    claimed_bytes: int | None = None
 
     @property
     def id(self) -> str:
@@ -49,7 +53,7 @@ class OperatingPoint:
 
     def to_dict(self) -> dict[str, Any]:
         return {"anchor": self.anchor, "method": self.method, "label": self.label, "run_tier": self.run_tier,
-                "config": self.config.to_dict()}
+                "config": self.config.to_dict(), "proposal": self.proposal, "claimed_bytes": self.claimed_bytes}
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,15 @@ class Suite:
 
     def anchors(self) -> list[str]:
         return list(dict.fromkeys(p.anchor for p in self.points))
+
+    def with_points(self, points) -> "Suite":
+        """The suite plus ``points`` (a proposal's); a case id already taken is refused by name."""
+        taken = {p.id for p in self.points}
+        for p in points:
+            if p.id in taken:
+                raise SuiteError(f"{self.path}: case id {p.id!r} of proposal {p.proposal!r} is already taken")
+            taken.add(p.id)
+        return Suite(self.points + tuple(points), self.calibration, self.path)
 
     def up_to(self, run_tier: str) -> list[OperatingPoint]:
         """The points that run in ``run_tier``."""

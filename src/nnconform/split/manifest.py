@@ -32,6 +32,12 @@ class OperatingPoint:
     tier: str = "quick"
     description: str = ""
     version: int = 1
+    anchors: tuple[str, ...] | None = None  # the anchors it runs on (None: every anchor)
+    proposal: str = ""  # the proposal that contributed the point ("" for split.toml's points)
+
+    def applies_to(self, anchor: str) -> bool:
+        """Whether the point is coded on ``anchor``'s cuts."""
+        return self.anchors is None or anchor in self.anchors
 
     def __post_init__(self) -> None:
         if self.tier not in SUITE_TIERS:
@@ -55,7 +61,8 @@ class OperatingPoint:
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for records."""
         return {"id": self.id, "family": self.family, "codec": self.codec, "params": self.kwargs,
-                "claim": self.claim, "lossless": self.lossless, "tier": self.tier, "version": self.version}
+                "claim": self.claim, "lossless": self.lossless, "tier": self.tier, "version": self.version,
+                "proposal": self.proposal}
 
 
 @dataclass(frozen=True)
@@ -212,6 +219,23 @@ class SplitManifest:
             if p.id == point_id:
                 return p
         raise KeyError(f"{self.path}: no operating point {point_id!r} (have {[p.id for p in self.points]})")
+
+    def with_points(self, points) -> "SplitManifest":
+        """The manifest plus ``points`` (a proposal's), one family per codec; a taken id is refused."""
+        import dataclasses
+
+        taken = {p.id for p in self.points}
+        families = {k: tuple(v) for k, v in self.families.items()}
+        for p in points:
+            if p.id in taken:
+                raise SplitManifestError(f"{self.path}: operating point id {p.id!r} of proposal {p.proposal!r} is "
+                                         f"already taken")
+            taken.add(p.id)
+            if p.family in self.families:
+                raise SplitManifestError(f"{self.path}: proposal {p.proposal!r} family {p.family!r} is a family of "
+                                         f"the manifest")
+            families[p.family] = families.get(p.family, ()) + (p,)
+        return dataclasses.replace(self, families=families)
 
     def points_for(self, tier: str, *, registered: bool = True) -> list[OperatingPoint]:
         """The operating points that run in a suite tier.

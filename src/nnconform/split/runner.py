@@ -88,6 +88,8 @@ def coded_cases(manifest: SplitManifest, anchor: str, tier: str, graph: SplitGra
     cases = []
     for cut, cut_tier in coded_cuts(manifest, anchor, tier, graph).items():
         for p in manifest.points_for(tier):
+            if not p.applies_to(anchor):
+                continue
             cases.append(CodedCase(anchor, cut, p, later_tier(cut_tier, p.tier)))
     return cases
 

@@ -64,6 +64,12 @@ class OperatingPoint:
     run_tier: str = "quick"
     description: str = ""
     name: str = ""  # the manifest's ``label``, when the parameter values alone would read badly
+    anchors: tuple[str, ...] | None = None  # the lineages it runs on (None: every lineage)
+    proposal: str = ""  # the proposal that contributed the point ("" for the reference points)
+
+    def applies_to(self, anchor: str) -> bool:
+        """Whether the point runs on ``anchor``'s lineage."""
+        return self.anchors is None or anchor in self.anchors
 
     @property
     def label(self) -> str:
@@ -106,15 +112,22 @@ class UpdatePlan:
                 return tier
         return None
 
-    def points_with_proposals(self) -> tuple[OperatingPoint, ...]:
-        """The plan's points plus one default point per registered codec the plan does not list.
+    def points_with_proposals(self, proposed: tuple[OperatingPoint, ...] | list = ()) -> tuple[OperatingPoint, ...]:
+        """The plan's points, the ``proposed`` points of ``--proposal`` manifests, and one default point per
+        registered codec that neither lists.
 
-        A proposal that registers a codec (entry point ``nnconform.update_codecs`` or ``--proposal``) is
-        run without editing this repository's manifest: with its default config, in every run tier, claiming
-        the accuracy tier its class declares as ``claim`` (default: none, a measured point).
+        A codec installed through the entry point ``nnconform.update_codecs`` runs without editing this
+        repository's manifest: with its default config, in every run tier, claiming the accuracy tier its
+        class declares as ``claim`` (default: none, a measured point).
         """
-        listed = {p.codec for p in self.points}
-        extra = []
+        listed = {p.codec for p in self.points} | {p.codec for p in proposed}
+        labels = {p.label for p in self.points}
+        for p in proposed:
+            if p.label in labels:
+                raise PlanError(f"{self.source}: operating point label {p.label!r} of proposal {p.proposal!r} is "
+                                f"already taken")
+            labels.add(p.label)
+        extra = list(proposed)
         for name in UPDATE_CODECS.names():
             if name not in listed:
                 claim = getattr(UPDATE_CODECS.get(name), "claim", NO_CLAIM)

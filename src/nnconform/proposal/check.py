@@ -1,0 +1,418 @@
+"""The submission checker: validate a proposal manifest before anything runs.
+
+Every problem is collected, not just the first: the TOML syntax, then the committed JSON Schema
+(``proposal.schema.json``: required fields, types, hash format), then what a schema cannot know:
+that the anchors and checkpoints exist, that claimed tiers are tiers of ``anchors/tiers.toml``,
+that the proposal's code imports and registers every method it names with configs that build,
+that the operating points do not collide with the reference methods', and that every submitted
+file exists with the sha256 the manifest pins. Each problem names the file and the field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib
+import importlib.util
+import json
+import sys
+import tomllib
+import traceback
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..hashing import sha256_bytes, sha256_file
+from .manifest import (NO_CLAIM, CompressionArtifact, CompressionClaim, Problem, Proposal, SubmittedFile, SplitClaim,
+                       UpdateArtifact, UpdateClaim)
+
+SCHEMA_PATH = Path(__file__).with_name("proposal.schema.json")
+MANIFEST_NAME = "proposal.toml"
+#: Decoders of artifact-only compressed weights besides the reference compressors' own.
+PLAIN_DECODERS = ("safetensors", "onnx")
+KINDS = ("compression", "updates", "split")
+
+
+@functools.lru_cache(maxsize=1)
+def proposal_schema() -> dict:
+    """The committed JSON Schema of proposal manifests."""
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def resolve_manifest(path: str | Path) -> Path:
+    """The manifest a ``--proposal`` value names: a ``.toml`` file, a folder holding ``proposal.toml``,
+    or a ``.py`` file with its manifest beside it (``x.toml`` or ``proposal.toml``)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        return p / MANIFEST_NAME
+    if p.suffix == ".py":
+        same_stem = p.with_suffix(".toml")
+        return same_stem if same_stem.exists() else p.with_name(MANIFEST_NAME)
+    return p
+
+
+def _field(path: Iterable) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _close(name: str, known: Iterable[str]) -> str:
+    known = sorted(known)
+    close = difflib.get_close_matches(name, known, n=3)
+    return f"; did you mean {', '.join(map(repr, close))}?" if close else f"; known: {known}"
+
+
+class _Checker:
+    def __init__(self, manifest: Path) -> None:
+        self.manifest = manifest
+        self.file = str(manifest)
+        self.problems: list[Problem] = []
+
+    def problem(self, field: str, message: str) -> None:
+        self.problems.append(Problem(self.file, field, message))
+
+    # -- steps ----------------------------------------------------------------------------
+
+    def read(self) -> tuple[dict | None, str]:
+        try:
+            raw = self.manifest.read_bytes()
+        except FileNotFoundError:
+            self.problem("", "no such file (pass a proposal.toml, a folder holding one, or a .py file with its "
+                             "manifest beside it)")
+            return None, ""
+        except OSError as exc:
+            self.problem("", f"cannot read the manifest: {exc}")
+            return None, ""
+        try:
+            return tomllib.loads(raw.decode("utf-8")), sha256_bytes(raw)
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            self.problem("", f"not valid TOML: {exc}")
+            return None, sha256_bytes(raw)
+
+    def schema(self, data: dict) -> None:
+        import jsonschema
+
+        validator = jsonschema.Draft202012Validator(proposal_schema())
+        for error in sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.message)):
+            where = _field(error.absolute_path)
+            if error.validator == "oneOf" and isinstance(error.instance, dict):
+                # name the closest alternative's errors instead of "is not valid under any of the given schemas"
+                best = min(error.context, key=lambda e: len(list(e.schema_path)), default=None) if error.context else None
+                kind = error.instance.get("criterion")
+                message = (f"artifact with criterion {kind!r}: {best.message}" if best is not None and kind
+                           else f"does not match the schema: {error.message}")
+            elif error.validator == "required":
+                message = f"missing required field: {error.message}"
+            elif error.validator == "additionalProperties":
+                message = f"unknown field: {error.message}"
+            else:
+                message = error.message
+            self.problem(where, message)
+
+    def load_code(self, module: Path | None, package: str | None) -> None:
+        if module is not None:
+            if not module.is_file():
+                self.problem("proposal.module", f"no such file {module}")
+                return
+            try:
+                import_proposal_module(module)
+            except BaseException as exc:  # a broken proposal's import is its own problem, never the run's
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                tb = traceback.format_exception(exc)
+                self.problem("proposal.module", f"importing {module} raised {type(exc).__name__}: {exc} "
+                                                f"(at {tb[-2].strip().splitlines()[0] if len(tb) > 1 else '?'})")
+        if package is not None:
+            try:
+                importlib.import_module(package)
+            except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                self.problem("proposal.package", f"importing package {package!r} raised {type(exc).__name__}: {exc}")
+
+    def submitted_file(self, where: str, raw: Any) -> SubmittedFile | None:
+        if not isinstance(raw, dict) or not isinstance(raw.get("path"), str):
+            return None
+        path = (self.manifest.parent / raw["path"]).resolve()
+        pinned = str(raw.get("sha256", ""))
+        if not path.is_file():
+            self.problem(f"{where}.path", f"no such file {path}")
+        else:
+            actual = sha256_file(path)
+            if actual != pinned:
+                self.problem(f"{where}.sha256", f"{path.name} hashes to {actual}, the manifest pins {pinned}")
+        return SubmittedFile(path, pinned)
+
+
+def load_proposal(path: str | Path, *, import_code: bool = True) -> Proposal:
+    """Read and check a proposal manifest; the returned :class:`Proposal` lists every problem found.
+
+    With ``import_code`` the proposal's ``module`` (or ``package``) is imported, which registers its
+    methods, so that the names and configs it claims can be checked.
+    """
+    manifest = resolve_manifest(path)
+    ck = _Checker(manifest)
+    data, digest = ck.read()
+    if data is None:
+        return Proposal(manifest=manifest, name=manifest.parent.name, manifest_sha256=digest,
+                        problems=tuple(ck.problems))
+    ck.schema(data)
+    head = data.get("proposal") if isinstance(data.get("proposal"), dict) else {}
+    name = str(head.get("name") or manifest.parent.name)
+
+    from ..anchors import get_anchor, list_anchors
+    from ..gates import load_tiers
+
+    tiers = set(load_tiers())
+    known_anchors = set(list_anchors())
+    anchors = tuple(a for a in head.get("anchors", []) if isinstance(a, str))
+    for i, a in enumerate(anchors):
+        if a not in known_anchors:
+            ck.problem(f"proposal.anchors[{i}]", f"no anchor {a!r}{_close(a, known_anchors)}")
+    criteria = tuple(c for c in head.get("criteria", []) if c in KINDS)
+
+    module = head.get("module")
+    module_path = (manifest.parent / module).resolve() if isinstance(module, str) else None
+    package = head.get("package") if isinstance(head.get("package"), str) else None
+    code_sections = [k for k in KINDS if data.get(k)]
+    if module_path is not None and package is not None:
+        ck.problem("proposal.module", "give either `module` or `package`, not both")
+    if code_sections and module_path is None and package is None:
+        ck.problem("proposal", f"[[{code_sections[0]}]] names methods to run, but the manifest gives no `module` "
+                               f"(a .py file) or `package` that registers them")
+    if import_code:
+        ck.load_code(module_path, package)
+
+    used = {k for k in KINDS if data.get(k)} | {a.get("criterion") for a in data.get("artifacts", [])
+                                                 if isinstance(a, dict)}
+    for kind in criteria:
+        if kind not in used:
+            ck.problem("proposal.criteria", f"criterion {kind!r} is listed but the manifest has no [[{kind}]] "
+                                            f"operating point or artifact for it")
+    for kind in sorted(k for k in used if k in KINDS and k not in criteria):
+        ck.problem("proposal.criteria", f"the manifest has {kind} operating points, but {kind!r} is not in "
+                                        f"proposal.criteria {list(criteria)}")
+
+    def tier_ok(where: str, tier: Any, allow_none: bool = False) -> bool:
+        if not isinstance(tier, str):
+            return False
+        if tier in tiers or (allow_none and tier == NO_CLAIM):
+            return True
+        valid = sorted(tiers) + ([NO_CLAIM] if allow_none else [])
+        ck.problem(where, f"{tier!r} is not an accuracy tier of anchors/tiers.toml; valid: {valid}")
+        return False
+
+    def anchor_ok(where: str, anchor: Any) -> bool:
+        if not isinstance(anchor, str):
+            return False
+        if anchor not in anchors:
+            ck.problem(where, f"anchor {anchor!r} is not one of proposal.anchors {list(anchors)}")
+            return False
+        return anchor in known_anchors
+
+    compression = _compression_claims(ck, data, name, tier_ok, anchor_ok)
+    updates = _update_claims(ck, data, name, anchors, known_anchors, tier_ok, get_anchor)
+    split = _split_claims(ck, data, name, anchors, tier_ok)
+    comp_artifacts, update_artifacts = _artifacts(ck, data, name, tier_ok, anchor_ok, get_anchor)
+    return Proposal(
+        manifest=manifest, name=name, version=str(head.get("version", "")), contact=str(head.get("contact", "")),
+        organization=str(head.get("organization", "")), description=str(head.get("description", "")),
+        module=module_path, package=package, anchors=anchors, criteria=criteria, compression=compression,
+        updates=updates, split=split, compression_artifacts=comp_artifacts, update_artifacts=update_artifacts,
+        manifest_sha256=digest, problems=tuple(ck.problems))
+
+
+def _entries(data: dict, key: str) -> list[tuple[int, dict]]:
+    items = data.get(key, [])
+    return [(i, e) for i, e in enumerate(items if isinstance(items, list) else []) if isinstance(e, dict)]
+
+
+def _compression_claims(ck: _Checker, data: dict, name: str, tier_ok, anchor_ok) -> tuple[CompressionClaim, ...]:
+    from ..compress import COMPRESSORS, get_compressor
+    from ..compress.suite import load_suite
+
+    reference_ids = {p.id for p in load_suite().points}
+    out, seen = [], set()
+    for i, e in _entries(data, "compression"):
+        where = f"compression[{i}]"
+        method, label, tier = e.get("method"), e.get("label"), e.get("claimed_tier")
+        ok = anchor_ok(f"{where}.anchor", e.get("anchor")) & tier_ok(f"{where}.claimed_tier", tier, allow_none=True)
+        claimed = None if tier == NO_CLAIM else tier
+        if not isinstance(method, str) or not isinstance(label, str):
+            continue
+        if method not in COMPRESSORS:
+            ck.problem(f"{where}.method", f"no compressor {method!r} is registered (the proposal's code must "
+                                          f"register it){_close(method, COMPRESSORS.names())}")
+            continue
+        config = dict(e.get("config", {})) if isinstance(e.get("config"), dict) else {}
+        try:
+            get_compressor(method).config_cls.from_dict({**config, "method": method,
+                                                         **({"claimed_tier": claimed} if ok else {})})
+        except (TypeError, ValueError) as exc:
+            ck.problem(f"{where}.config", f"the {method!r} config does not build: {exc}")
+            ok = False
+        case_id = f"{e.get('anchor')}-{method}-{label}"
+        if case_id in reference_ids or case_id in seen:
+            ck.problem(f"{where}.label", f"case id {case_id!r} is already taken (by "
+                                         f"{'a reference method' if case_id in reference_ids else 'another point'})")
+            ok = False
+        seen.add(case_id)
+        if ok:
+            out.append(CompressionClaim(name, e["anchor"], method, label, config, claimed, e.get("claimed_bytes"),
+                                        e.get("run_tier", "quick")))
+    return tuple(out)
+
+
+def _update_claims(ck: _Checker, data: dict, name: str, anchors, known_anchors, tier_ok, get_anchor):
+    from ..updates import UPDATE_CODECS, make_codec
+    from ..updates.plan import load_plan
+
+    entries = _entries(data, "updates")
+    if entries:
+        for a in anchors:
+            if a in known_anchors and len(get_anchor(a).checkpoints) < 2:
+                ck.problem("proposal.anchors", f"anchor {a!r} has no lineage (fewer than two checkpoints): update "
+                                               f"codecs cannot run on it")
+    reference_labels = {p.label for p in load_plan().points}
+    out, seen = [], set()
+    for i, e in _entries(data, "updates"):
+        where = f"updates[{i}]"
+        codec, label, claim = e.get("codec"), e.get("label"), e.get("claimed_tier")
+        claims = {"*": claim} if isinstance(claim, str) else dict(claim) if isinstance(claim, dict) else {}
+        ok = all([tier_ok(f"{where}.claimed_tier" + ("" if k == "*" and isinstance(claim, str) else f".{k}"), t,
+                          allow_none=True) for k, t in claims.items()])
+        if not isinstance(codec, str) or not isinstance(label, str):
+            continue
+        if codec not in UPDATE_CODECS:
+            ck.problem(f"{where}.codec", f"no update codec {codec!r} is registered (the proposal's code must "
+                                         f"register it){_close(codec, UPDATE_CODECS.names())}")
+            continue
+        params = dict(e.get("params", {})) if isinstance(e.get("params"), dict) else {}
+        try:
+            make_codec(codec, params)
+        except (TypeError, ValueError) as exc:
+            ck.problem(f"{where}.params", f"update codec {codec!r} does not accept these parameters: {exc}")
+            ok = False
+        if label in reference_labels or label in seen:
+            ck.problem(f"{where}.label", f"label {label!r} is already taken (by "
+                                         f"{'a reference operating point' if label in reference_labels else 'another point'})")
+            ok = False
+        seen.add(label)
+        if ok:
+            out.append(UpdateClaim(name, codec, label, claims, tuple(anchors), e.get("run_tier", "quick")))
+    return tuple(out)
+
+
+def _split_claims(ck: _Checker, data: dict, name: str, anchors, tier_ok) -> tuple[SplitClaim, ...]:
+    from ..split import load_split_manifest
+    from ..split.codecs import FEATURE_CODECS
+
+    reference_ids = {p.id for p in load_split_manifest().points}
+    out, seen = [], set()
+    for i, e in _entries(data, "split"):
+        where = f"split[{i}]"
+        codec, label, claim = e.get("codec"), e.get("label"), e.get("claimed_tier")
+        ok = tier_ok(f"{where}.claimed_tier", claim, allow_none=True)
+        if not isinstance(codec, str) or not isinstance(label, str):
+            continue
+        if codec not in FEATURE_CODECS:
+            ck.problem(f"{where}.codec", f"no feature codec {codec!r} is registered (the proposal's code must "
+                                         f"register it){_close(codec, FEATURE_CODECS.names())}")
+            continue
+        params = dict(e.get("params", {})) if isinstance(e.get("params"), dict) else {}
+        try:
+            FEATURE_CODECS.get(codec)(**params)
+        except Exception as exc:
+            ck.problem(f"{where}.params", f"feature codec {codec!r} does not build with these parameters: "
+                                          f"{type(exc).__name__}: {exc}")
+            ok = False
+        if label in reference_ids or label in seen:
+            ck.problem(f"{where}.label", f"operating point id {label!r} is already taken (by "
+                                         f"{'a reference codec point' if label in reference_ids else 'another point'})")
+            ok = False
+        seen.add(label)
+        if ok:
+            out.append(SplitClaim(name, codec, label, params, None if claim == NO_CLAIM else claim, tuple(anchors),
+                                  bool(e.get("lossless", False)), e.get("run_tier", "quick")))
+    return tuple(out)
+
+
+def _artifacts(ck: _Checker, data: dict, name: str, tier_ok, anchor_ok, get_anchor):
+    from ..compress import COMPRESSORS, get_compressor
+
+    comp, upd, seen = [], [], set()
+    for i, e in _entries(data, "artifacts"):
+        where = f"artifacts[{i}]"
+        kind, label, tier = e.get("criterion"), e.get("label"), e.get("claimed_tier")
+        ok = anchor_ok(f"{where}.anchor", e.get("anchor")) & tier_ok(f"{where}.claimed_tier", tier)
+        files = [ck.submitted_file(f"{where}.files[{j}]", f) for j, f in enumerate(e.get("files", []))]
+        ok = ok and bool(files) and all(f is not None for f in files)
+        key = (kind, e.get("anchor"), label)
+        if key in seen:
+            ck.problem(f"{where}.label", f"label {label!r} is used twice for {kind} artifacts of {e.get('anchor')!r}")
+            ok = False
+        seen.add(key)
+        if kind == "compression":
+            decoder = e.get("decoder")
+            config = dict(e.get("decoder_config", {})) if isinstance(e.get("decoder_config"), dict) else {}
+            if isinstance(decoder, str) and decoder not in PLAIN_DECODERS:
+                if decoder not in COMPRESSORS:
+                    ck.problem(f"{where}.decoder", f"{decoder!r} is neither {' nor '.join(PLAIN_DECODERS)} nor a "
+                                                   f"reference compressor{_close(decoder, COMPRESSORS.names())}")
+                    ok = False
+                else:
+                    try:
+                        get_compressor(decoder).config_cls.from_dict({**config, "method": decoder})
+                    except (TypeError, ValueError) as exc:
+                        ck.problem(f"{where}.decoder_config", f"the {decoder!r} config does not build: {exc}")
+                        ok = False
+            elif isinstance(decoder, str) and config:
+                ck.problem(f"{where}.decoder_config", f"the {decoder!r} decoder takes no config")
+                ok = False
+            if ok and isinstance(label, str) and isinstance(decoder, str):
+                comp.append(CompressionArtifact(name, e["anchor"], label, tuple(files), decoder, config, tier,
+                                                e.get("claimed_bytes")))
+        elif kind == "updates":
+            base, target = e.get("base"), e.get("target")
+            if isinstance(e.get("anchor"), str) and ok:
+                names = [c.name for c in get_anchor(e["anchor"]).checkpoints]
+                for fld, ck_name in (("base", base), ("target", target)):
+                    if ck_name not in names:
+                        ck.problem(f"{where}.{fld}", f"anchor {e['anchor']!r} has no checkpoint {ck_name!r}; it has "
+                                                     f"{names}")
+                        ok = False
+                if ok and names.index(base) >= names.index(target):
+                    ck.problem(f"{where}.target", f"checkpoint {target!r} does not come after {base!r} in the lineage "
+                                                  f"{names}")
+                    ok = False
+            if ok and isinstance(label, str):
+                upd.append(UpdateArtifact(name, e["anchor"], label, base, target, files[0], tier,
+                                          e.get("claimed_bytes")))
+    return tuple(comp), tuple(upd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Importing a proposal's code (once per process: its registrations must not run twice)
+
+_IMPORTED: dict[Path, Any] = {}
+
+
+def import_proposal_module(path: Path):
+    """Import a proposal's ``.py`` file (once per process); its top level registers its methods."""
+    path = Path(path).resolve()
+    if path in _IMPORTED:
+        return _IMPORTED[path]
+    mod_name = f"nnconform_proposal_{sha256_bytes(str(path).encode())[:12]}"
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(mod_name, None)
+        raise
+    _IMPORTED[path] = module
+    return module
