@@ -28,13 +28,26 @@ pip_q --no-deps foolbox==3.3.4
 pip_q h5py ptflops torchmetrics opencv-python-headless
 .venv/bin/python -c "import nncodec" 2>/dev/null || pip_q --no-deps nncodec==2.1.3
 
+# System packages, installed only when missing: the Fashion-MNIST data, and headless Chromium with
+# its driver for the self-test that renders the HTML report (tests/test_report_render.py).
 FMNIST=/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
-if [ ! -f "$FMNIST" ]; then
+APT_PKGS=()
+[ -f "$FMNIST" ] || APT_PKGS+=(dataset-fashion-mnist)
+if ! command -v chromium >/dev/null || ! { command -v chromedriver >/dev/null || [ -x /usr/bin/chromedriver ]; }; then
+  APT_PKGS+=(chromium chromium-driver)
+fi
+if [ ${#APT_PKGS[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${APT_PKGS[@]}"
   else
-    echo "note: Fashion-MNIST is not installed. Run 'sudo apt-get install dataset-fashion-mnist', or pass"
-    echo "      --nnc-data-dir DIR with the four IDX files; otherwise those cases skip saying so."
+    if [ ! -f "$FMNIST" ]; then
+      echo "note: Fashion-MNIST is not installed. Run 'sudo apt-get install dataset-fashion-mnist', or pass"
+      echo "      --nnc-data-dir DIR with the four IDX files; otherwise those cases skip saying so."
+    fi
+    if [[ " ${APT_PKGS[*]} " == *" chromium "* ]]; then
+      echo "note: headless Chromium is not installed. Run 'sudo apt-get install chromium chromium-driver'"
+      echo "      (selenium comes with the [test] extra); otherwise the HTML render self-test skips saying so."
+    fi
   fi
 fi
 touch .venv/.nnconform-installed
