@@ -35,7 +35,8 @@ def case_rows(records: Iterable) -> list[dict[str, Any]]:
                      "delta_ci95": m.get("delta_ci95"), "mcnemar_p": m.get("mcnemar_p"),
                      "worst_class": m.get("worst_class"), "best_tier": m.get("best_tier"),
                      "bytes_ref": m.get("bytes_ref"), "params_ref": m.get("params_ref"), "macs_ref": m.get("macs_ref"),
-                     "description": d.get("description", ""), "smoke": d.get("smoke", False)})
+                     "description": d.get("description", ""), "smoke": d.get("smoke", False),
+                     "proposal": d.get("proposal") or ""})
     return rows
 
 
@@ -50,6 +51,7 @@ def curves(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         results = {k: [p.get(k) for p in pts] for k in CURVE_METRICS}
         results["label"] = [p["label"] for p in pts]
         out.append({"name": f"{anchor}/{method}", "anchor": anchor, "method": method,
+                    "proposal": pts[0].get("proposal", ""),
                     "description": pts[0].get("description") or method,
                     "reference": {"bytes": pts[0]["bytes_ref"], "top1": pts[0]["top1_ref"],
                                   "params": pts[0]["params_ref"], "macs": pts[0]["macs_ref"]},
@@ -81,7 +83,11 @@ def plot_anchor(anchor: str, curve_list: list[dict[str, Any]], path: Path) -> Pa
         if c["anchor"] != anchor:
             continue
         r = c["results"]
-        ax.plot(r["bytes"], r["top1"], marker="o", label=c["method"])
+        if c.get("proposal"):  # a proposal's curve stands out against the reference methods'
+            ax.plot(r["bytes"], r["top1"], marker="D", linewidth=2.5, linestyle="--",
+                    label=f"{c['method']} (proposal {c['proposal']})")
+        else:
+            ax.plot(r["bytes"], r["top1"], marker="o", label=c["method"])
         ref = c["reference"]
     if ref:
         ax.scatter([ref["bytes"]], [ref["top1"]], marker="*", s=180, color="black", zorder=5, label="fp32 anchor")

@@ -108,6 +108,8 @@ class CompressionCache:
         config.pop("claimed_tier", None)  # a claim does not change the artifact
         spec = {"engine": ENGINE_VERSION, "config": config, "model": module_sha256(model),
                 "calibration": calibration.fingerprint, "torch": torch.__version__, "versions": _tool_versions()}
+        if point.proposal:  # a proposal's code changes between submissions; the built-ins change with ENGINE_VERSION
+            spec["handler_source"] = _source_sha256(get_compressor(point.method))
         return sha256_bytes(json.dumps(spec, sort_keys=True).encode())
 
     def load(self, key: str) -> tuple[CompressedModel, torch.Tensor] | None:
@@ -152,6 +154,17 @@ class CompressionCache:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _source_sha256(handler) -> str | None:
+    """sha256 of the file that defines a handler's class (None when it has no source file)."""
+    import inspect
+
+    try:
+        path = inspect.getsourcefile(type(handler))
+    except TypeError:
+        return None
+    return sha256_bytes(Path(path).read_bytes()) if path and Path(path).is_file() else None
 
 
 def _tool_versions() -> dict[str, str | None]:
@@ -359,9 +372,10 @@ def run_case(point: OperatingPoint, anchor: AnchorUnderTest, calibration: Calibr
                  expected=0.0, tolerance=tol, criterion=CRITERION, details=details,
                  message="; ".join(problems) or (
                      f"the evaluated model is rebuilt from artifact {result.artifact.sha256[:12]} "
-                     f"(model fingerprint {details.get('decoded_sha256', '')[:12]}) and matches the method's "
-                     f"own result" + (f" within {details['relative_error']:.2g}" if details.get('relative_error')
-                                      is not None else ""))))
+                     f"(model fingerprint {details.get('decoded_sha256', '')[:12]}), decodes the same twice and "
+                     f"gives the same output twice" + (
+                         "; no method-side model to compare (artifact-only submission)" if method_probe is None
+                         else f"; it matches the method's own result within {details['relative_error']:.2g}"))))
         if problems:
             return out
         if cached is None and cache.root is not None:

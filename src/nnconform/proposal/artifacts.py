@@ -96,7 +96,7 @@ def _single(artifact: Artifact, suffix: str) -> tuple[str, bytes]:
 
 
 def _decode_state_dict(artifact: Artifact, template: nn.Module) -> nn.Module:
-    from safetensors import SafetensorsError
+    from safetensors import SafetensorError
     from safetensors.torch import load
 
     from ..compress.serialize import load_full_state
@@ -104,7 +104,7 @@ def _decode_state_dict(artifact: Artifact, template: nn.Module) -> nn.Module:
     name, data = _single(artifact, ".safetensors")
     try:
         tensors = load(data)
-    except (SafetensorsError, ValueError, RuntimeError) as exc:
+    except (SafetensorError, ValueError, RuntimeError) as exc:
         raise ArtifactError(f"{name}: not a safetensors file ({type(exc).__name__}: {exc})") from None
     reference = template.state_dict()
     state = {}

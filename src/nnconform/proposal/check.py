@@ -102,10 +102,16 @@ class _Checker:
                 kind = error.instance.get("criterion")
                 message = (f"artifact with criterion {kind!r}: {best.message}" if best is not None and kind
                            else f"does not match the schema: {error.message}")
-            elif error.validator == "required":
-                message = f"missing required field: {error.message}"
-            elif error.validator == "additionalProperties":
-                message = f"unknown field: {error.message}"
+            elif error.validator == "required" and isinstance(error.instance, dict):
+                for missing in [r for r in error.validator_value if r not in error.instance]:
+                    self.problem(_field([*error.absolute_path, missing]), "missing required field")
+                continue
+            elif error.validator == "additionalProperties" and isinstance(error.instance, dict):
+                valid = sorted(error.schema.get("properties", {}))
+                for extra in [k for k in error.instance if k not in valid]:
+                    self.problem(_field([*error.absolute_path, extra]),
+                                 f"unknown field{_close(extra, valid).replace('; known', '; valid fields')}")
+                continue
             else:
                 message = error.message
             self.problem(where, message)
@@ -300,7 +306,8 @@ def _update_claims(ck: _Checker, data: dict, name: str, anchors, known_anchors, 
             ok = False
         seen.add(label)
         if ok:
-            out.append(UpdateClaim(name, codec, label, claims, tuple(anchors), e.get("run_tier", "quick")))
+            out.append(UpdateClaim(name, codec, label, params=params, claims=claims, anchors=tuple(anchors),
+                                   run_tier=e.get("run_tier", "quick")))
     return tuple(out)
 
 

@@ -103,6 +103,7 @@ def results_dict(run, exitstatus: int, artifacts: dict[str, str]) -> dict[str, A
         "cases": [{"nodeid": o.nodeid, "criterion": o.criterion, "outcome": o.outcome,
                    "duration_s": round(o.duration, 4), "message": o.message} for o in run.outcomes.values()],
         "benchmarks": run.benchmarks,
+        "proposals": [p.to_dict() for p in getattr(run, "proposals", [])],
         "artifacts": artifacts,
     }
 

@@ -1,0 +1,55 @@
+"""Report section of proposals (``--nnc-proposal``): who submitted what, the checker's verdict, and
+each claim next to what was measured.
+
+The proposal's curves appear in the criteria's own plots, drawn against the reference methods'
+(a proposal's compression curve is dashed with diamond markers).
+"""
+
+from __future__ import annotations
+
+from . import SECTIONS, ReportContext, md_table
+
+#: Checks whose records are a proposal's claims or the gates its artifacts pass through.
+CLAIM_CHECKS = ("compression.accuracy", "compression.size_claim", "updates.accuracy", "updates.size_claim",
+                "updates.submitted_decode", "split.codec_accuracy")
+
+
+def _claim(record):
+    d = record.details or {}
+    if record.check_id.endswith("size_claim"):
+        return f"<= {record.expected} bytes"
+    tier = (d.get("config") or {}).get("claimed_tier") or d.get("claim") or (d.get("point") or {}).get("claim")
+    return tier or ("-" if record.check_id.endswith("accuracy") else record.expected)
+
+
+def _proposal_of(record) -> str:
+    d = record.details or {}
+    return d.get("proposal") or (d.get("point") or {}).get("proposal") or ""
+
+
+@SECTIONS.register("proposal")
+def section(ctx: ReportContext) -> str:
+    proposals = list(getattr(ctx.session, "proposals", []))
+    out = []
+    for p in proposals:
+        verdict = "manifest valid" if p.ok else f"manifest REJECTED ({len(p.problems)} problems): nothing else ran"
+        out += [f"### Proposal {p.name} {p.version}", "",
+                md_table(["field", "value"], [
+                    ["contact", p.contact], ["organization", p.organization], ["description", p.description],
+                    ["manifest", f"{p.manifest} (sha256 {p.manifest_sha256})"],
+                    ["code", str(p.module or p.package or "none (artifact-only)")],
+                    ["anchors", ", ".join(p.anchors)], ["criteria", ", ".join(p.criteria)], ["checker", verdict]]),
+                ""]
+        if p.problems:
+            out += [md_table(["file", "field", "problem"], [[x.file, x.field, x.message] for x in p.problems]), ""]
+            continue
+        failing = [r for r in ctx.records if _proposal_of(r) == p.name and not r.passed]
+        claims = [r for r in ctx.records if _proposal_of(r) == p.name and r.check_id in CLAIM_CHECKS]
+        shown = claims + [r for r in failing if r not in claims]
+        if shown:
+            out += [md_table(["check", "operating point", "status", "measured", "claimed", "message"],
+                             [[r.check_id, r.subject, r.status.value.upper(), r.measured, _claim(r), r.message]
+                              for r in shown]), ""]
+        else:
+            out += ["No case of this proposal ran (see the skipped cases of its criteria).", ""]
+    return "\n".join(out)

@@ -1,0 +1,89 @@
+"""Every gate a proposal faces can fail: the suite runs against each example proposal in
+``fixtures/proposals/`` and must pass the good ones and fail each bad one with its own clear message
+(``fixtures/proposals/expected.toml``). One good proposal also runs with the reference methods, as a
+user's CI job would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "fixtures" / "proposals"
+EXPECTED = tomllib.loads((FIXTURES / "expected.toml").read_text())
+
+
+def run_suite(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """``pytest conformance/`` in a subprocess (a proposal registers its methods in that process only)."""
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    cmd = [sys.executable, "-m", "pytest", str(REPO / "conformance"), "--rootdir", str(REPO), "-p", "no:cacheprovider",
+           "--nnc-tier", "quick", "--nnc-report-dir", str(tmp_path), "--nnc-run-id", "run", "-q",
+           "--benchmark-disable", *args]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    results_path = tmp_path / "run" / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    return proc, results
+
+
+def test_every_fixture_has_an_expectation():
+    folders = {p.parent.name for p in FIXTURES.glob("*/proposal.toml")}
+    assert folders == set(EXPECTED), f"fixtures without expectation: {folders - set(EXPECTED)}; " \
+                                     f"expectations without fixture: {set(EXPECTED) - folders}"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_proposal_fixture(name, tmp_path):
+    """The run's exit code is the gate; a bad proposal fails with its own message and nothing else fails."""
+    expected = EXPECTED[name]
+    proc, results = run_suite(tmp_path, "--proposal", str(FIXTURES / name), "--nnc-proposal-only")
+    output = proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert proc.returncode == expected["exit"], output
+    assert results, f"no results.json was written\n{output}"
+    assert results["proposals"][0]["name"] and results["proposals"][0]["manifest"].endswith("proposal.toml")
+    outcomes = [c["outcome"] for c in results["cases"]]
+    if expected["exit"] == 0:
+        bad = [r for r in results["records"] if r["status"] in ("fail", "error")]
+        assert not bad, bad
+        assert outcomes.count("passed") >= expected["cases"] and set(outcomes) == {"passed"}, results["cases"]
+        return
+    failing = [r for r in results["records"] if r["status"] in ("fail", "error") and r["check_id"] == expected["check"]]
+    assert failing, f"no failing {expected['check']} record; records: " \
+                    f"{[(r['check_id'], r['status']) for r in results['records']]}"
+    assert any(expected["message"] in r["message"] for r in failing), [r["message"] for r in failing]
+    assert expected["message"] in proc.stdout, "the failure message must reach the terminal too"
+    # the failure stays in the proposal's own cases: every failing case is one of its cases
+    failed_ids = [c["nodeid"] for c in results["cases"] if c["outcome"] in ("failed", "error")]
+    assert failed_ids and all(name in i or "submission_manifest" in i or "planted" in i or "fixture" in i
+                              for i in failed_ids), failed_ids
+
+
+def test_missing_field_stops_the_run_before_any_model_loads(tmp_path):
+    """A manifest with problems runs nothing but the manifest case, which lists every problem at once."""
+    proc, results = run_suite(tmp_path, "--proposal", str(FIXTURES / "bad-missing-field"))
+    assert proc.returncode == 1
+    assert [c["nodeid"].split("::")[-1] for c in results["cases"]] == ["test_submission_manifest[bad-missing-field]"]
+    problems = results["proposals"][0]["problems"]
+    fields = {p["field"] for p in problems}
+    assert {"proposal.contact", "proposal.anchors[1]", "compression[0].claimed_tier", "compression[0].method",
+            "compression[0].claimd_bytes", "artifacts[0].files[0].sha256"} <= fields, fields
+    assert all(p["file"].endswith("bad-missing-field/proposal.toml") for p in problems)
+    assert results["anchors"] == {}, "no anchor may be loaded for a malformed submission"
+
+
+def test_good_proposal_runs_against_the_reference_methods(tmp_path):
+    """Without --nnc-proposal-only the proposal's criteria run with the reference methods of its anchors (the
+    report shows both), other criteria and anchors are deselected, and the run passes."""
+    proc, results = run_suite(tmp_path, "--proposal", str(FIXTURES / "good-compressor"))
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    methods = {r["details"].get("method") for r in results["records"] if r["check_id"] == "compression.accuracy"}
+    assert "fixture-int-per-channel" in methods and len(methods) > 1, methods
+    criteria = {c["criterion"] for c in results["cases"]}
+    assert criteria <= {"anchors", "compression", "proposal"}, criteria
+    assert set(results["anchors"]) == {"fmnist-lenet5"}
+    assert (tmp_path / "run" / "index.html").read_text().count("fixture-int-per-channel") > 0
