@@ -87,7 +87,9 @@ def pytest_configure(config: pytest.Config) -> None:
         proposal_only=config.getoption("--nnc-proposal-only"),
     )
     config.stash[SESSION_KEY] = ConformanceSession(run, proposals=proposals)
-    config.pluginmanager.register(_RecordCollector(config.stash[SESSION_KEY]), "nnconform-records")
+    if not hasattr(config, "workerinput"):
+        # an xdist worker must leave the records in its reports: the controller collects them from there
+        config.pluginmanager.register(_RecordCollector(config.stash[SESSION_KEY]), "nnconform-records")
 
 
 def _load_proposals(paths: list[str]) -> list:
