@@ -86,4 +86,13 @@ def test_good_proposal_runs_against_the_reference_methods(tmp_path):
     criteria = {c["criterion"] for c in results["cases"]}
     assert criteria <= {"anchors", "compression", "proposal"}, criteria
     assert set(results["anchors"]) == {"fmnist-lenet5"}
-    assert (tmp_path / "run" / "index.html").read_text().count("fixture-int-per-channel") > 0
+    index = tmp_path / "run" / "index.html"
+    assert index.read_text().count("fixture-int-per-channel") > 0
+    from nnconform.report.render_check import check_rendered_report, chromium_unavailable
+
+    missing = chromium_unavailable()
+    if missing:
+        pytest.skip(missing)
+    plots = [k for k in results["artifacts"] if "/plot/" in k]
+    assert plots, results["artifacts"]
+    assert check_rendered_report(index, min_plots=len(plots)) == []

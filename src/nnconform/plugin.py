@@ -66,6 +66,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "criterion(name): the conformance criterion of the case")
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    worker = getattr(config, "workerinput", None)
+    if worker is not None:
+        # N workers share the cores: more torch threads than cores stall in OpenMP barriers
+        import os
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(worker.get("workercount", 1))))
     cache = config.getoption("--nnc-cache-dir")
     report = config.getoption("--nnc-report-dir")
     proposals = _load_proposals(config.getoption("--nnc-proposal"))

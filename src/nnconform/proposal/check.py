@@ -137,6 +137,31 @@ class _Checker:
                     raise
                 self.problem("proposal.package", f"importing package {package!r} raised {type(exc).__name__}: {exc}")
 
+    def registered(self, where: str, registry, name: str) -> bool:
+        """A method the manifest names must be in its registry (the proposal's code registers it)."""
+        if name in registry:
+            return True
+        self.problem(where, f"no {registry.kind} {name!r} is registered (the proposal's code must register it)"
+                            f"{_close(name, registry.names())}")
+        return False
+
+    def builds(self, where: str, what: str, build) -> bool:
+        """``build()`` (a config or codec from the manifest's values) must not raise."""
+        try:
+            build()
+            return True
+        except Exception as exc:  # the proposal's own validation, whatever it raises
+            self.problem(where, f"{what}: {type(exc).__name__}: {exc}")
+            return False
+
+    def unique(self, where: str, what: str, key: str, reference: set[str], seen: set[str]) -> bool:
+        """Labels (case ids) may not collide with the reference operating points or each other."""
+        taken_by = "a reference operating point" if key in reference else "another point" if key in seen else None
+        seen.add(key)
+        if taken_by:
+            self.problem(where, f"{what} {key!r} is already taken (by {taken_by})")
+        return taken_by is None
+
     def submitted_file(self, where: str, raw: Any) -> SubmittedFile | None:
         if not isinstance(raw, dict) or not isinstance(raw.get("path"), str):
             return None
@@ -247,23 +272,13 @@ def _compression_claims(ck: _Checker, data: dict, name: str, tier_ok, anchor_ok)
         claimed = None if tier == NO_CLAIM else tier
         if not isinstance(method, str) or not isinstance(label, str):
             continue
-        if method not in COMPRESSORS:
-            ck.problem(f"{where}.method", f"no compressor {method!r} is registered (the proposal's code must "
-                                          f"register it){_close(method, COMPRESSORS.names())}")
+        if not ck.registered(f"{where}.method", COMPRESSORS, method):
             continue
         config = dict(e.get("config", {})) if isinstance(e.get("config"), dict) else {}
-        try:
-            get_compressor(method).config_cls.from_dict({**config, "method": method,
-                                                         **({"claimed_tier": claimed} if ok else {})})
-        except (TypeError, ValueError) as exc:
-            ck.problem(f"{where}.config", f"the {method!r} config does not build: {exc}")
-            ok = False
-        case_id = f"{e.get('anchor')}-{method}-{label}"
-        if case_id in reference_ids or case_id in seen:
-            ck.problem(f"{where}.label", f"case id {case_id!r} is already taken (by "
-                                         f"{'a reference method' if case_id in reference_ids else 'another point'})")
-            ok = False
-        seen.add(case_id)
+        ok &= ck.builds(f"{where}.config", f"the {method!r} config does not build",
+                        lambda: get_compressor(method).config_cls.from_dict(
+                            {**config, "method": method, **({"claimed_tier": claimed} if ok else {})}))
+        ok &= ck.unique(f"{where}.label", "case id", f"{e.get('anchor')}-{method}-{label}", reference_ids, seen)
         if ok:
             out.append(CompressionClaim(name, e["anchor"], method, label, config, claimed, e.get("claimed_bytes"),
                                         e.get("run_tier", "quick")))
@@ -290,21 +305,12 @@ def _update_claims(ck: _Checker, data: dict, name: str, anchors, known_anchors, 
                           allow_none=True) for k, t in claims.items()])
         if not isinstance(codec, str) or not isinstance(label, str):
             continue
-        if codec not in UPDATE_CODECS:
-            ck.problem(f"{where}.codec", f"no update codec {codec!r} is registered (the proposal's code must "
-                                         f"register it){_close(codec, UPDATE_CODECS.names())}")
+        if not ck.registered(f"{where}.codec", UPDATE_CODECS, codec):
             continue
         params = dict(e.get("params", {})) if isinstance(e.get("params"), dict) else {}
-        try:
-            make_codec(codec, params)
-        except (TypeError, ValueError) as exc:
-            ck.problem(f"{where}.params", f"update codec {codec!r} does not accept these parameters: {exc}")
-            ok = False
-        if label in reference_labels or label in seen:
-            ck.problem(f"{where}.label", f"label {label!r} is already taken (by "
-                                         f"{'a reference operating point' if label in reference_labels else 'another point'})")
-            ok = False
-        seen.add(label)
+        ok &= ck.builds(f"{where}.params", f"update codec {codec!r} does not accept these parameters",
+                        lambda: make_codec(codec, params))
+        ok &= ck.unique(f"{where}.label", "label", label, reference_labels, seen)
         if ok:
             out.append(UpdateClaim(name, codec, label, params=params, claims=claims, anchors=tuple(anchors),
                                    run_tier=e.get("run_tier", "quick")))
@@ -323,22 +329,12 @@ def _split_claims(ck: _Checker, data: dict, name: str, anchors, tier_ok) -> tupl
         ok = tier_ok(f"{where}.claimed_tier", claim, allow_none=True)
         if not isinstance(codec, str) or not isinstance(label, str):
             continue
-        if codec not in FEATURE_CODECS:
-            ck.problem(f"{where}.codec", f"no feature codec {codec!r} is registered (the proposal's code must "
-                                         f"register it){_close(codec, FEATURE_CODECS.names())}")
+        if not ck.registered(f"{where}.codec", FEATURE_CODECS, codec):
             continue
         params = dict(e.get("params", {})) if isinstance(e.get("params"), dict) else {}
-        try:
-            FEATURE_CODECS.get(codec)(**params)
-        except Exception as exc:
-            ck.problem(f"{where}.params", f"feature codec {codec!r} does not build with these parameters: "
-                                          f"{type(exc).__name__}: {exc}")
-            ok = False
-        if label in reference_ids or label in seen:
-            ck.problem(f"{where}.label", f"operating point id {label!r} is already taken (by "
-                                         f"{'a reference codec point' if label in reference_ids else 'another point'})")
-            ok = False
-        seen.add(label)
+        ok &= ck.builds(f"{where}.params", f"feature codec {codec!r} does not build with these parameters",
+                        lambda: FEATURE_CODECS.get(codec)(**params))
+        ok &= ck.unique(f"{where}.label", "operating point id", label, reference_ids, seen)
         if ok:
             out.append(SplitClaim(name, codec, label, params, None if claim == NO_CLAIM else claim, tuple(anchors),
                                   bool(e.get("lossless", False)), e.get("run_tier", "quick")))
@@ -369,11 +365,8 @@ def _artifacts(ck: _Checker, data: dict, name: str, tier_ok, anchor_ok, get_anch
                                                    f"reference compressor{_close(decoder, COMPRESSORS.names())}")
                     ok = False
                 else:
-                    try:
-                        get_compressor(decoder).config_cls.from_dict({**config, "method": decoder})
-                    except (TypeError, ValueError) as exc:
-                        ck.problem(f"{where}.decoder_config", f"the {decoder!r} config does not build: {exc}")
-                        ok = False
+                    ok &= ck.builds(f"{where}.decoder_config", f"the {decoder!r} config does not build",
+                                    lambda: get_compressor(decoder).config_cls.from_dict({**config, "method": decoder}))
             elif isinstance(decoder, str) and config:
                 ck.problem(f"{where}.decoder_config", f"the {decoder!r} decoder takes no config")
                 ok = False
