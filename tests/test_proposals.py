@@ -96,3 +96,11 @@ def test_good_proposal_runs_against_the_reference_methods(tmp_path):
     plots = [k for k in results["artifacts"] if "/plot/" in k]
     assert plots, results["artifacts"]
     assert check_rendered_report(index, min_plots=len(plots)) == []
+
+
+def test_a_proposal_whose_cases_are_all_deselected_stops_the_run(tmp_path):
+    """--nnc-anchors or --nnc-tier that deselect every case of a valid proposal would make the gate pass
+    without testing it: the run stops with a usage error naming the proposal."""
+    proc, _ = run_suite(tmp_path, "--proposal", str(FIXTURES / "good-compressor"), "--nnc-anchors", "fmnist-resnet8")
+    assert proc.returncode == 4, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "no case of proposal 'fixture-int-per-channel'" in proc.stderr + proc.stdout

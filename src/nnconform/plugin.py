@@ -177,6 +177,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+    _check_proposals_run(session, keep)
+
+
+def _check_proposals_run(session: ConformanceSession, items: list[pytest.Item]) -> None:
+    """A valid proposal none of whose cases was selected would pass a CI gate without being tested:
+    refuse the run, saying which options deselected it."""
+    if not items or not hasattr(items[0], "session") or not any("conformance" in str(i.fspath) for i in items):
+        return
+    for p in session.proposals:
+        if not p.ok:
+            continue
+        ran = [i for i in items if getattr(i, "callspec", None)
+               and any(_proposal_of(v) == p.name for v in i.callspec.params.values())]
+        if not ran:
+            raise pytest.UsageError(
+                f"no case of proposal {p.name!r} ({p.manifest}) is selected with --nnc-tier {session.config.tier} "
+                f"and --nnc-anchors {session.config.anchors!r} (its anchors: {', '.join(p.anchors)}); a gate that "
+                f"tests nothing would pass, so the run stops")
 
 
 @pytest.fixture(scope="session")
