@@ -70,3 +70,15 @@ def test_bad_option_values_are_usage_errors(suite):
     assert result.ret == 4 and "choose one of quick, default, full" in result.stderr.str()
     result = _run(suite, "--nnc-anchors", "fmnist-lenet6")
     assert result.ret != 0 and "did you mean" in (result.stdout.str() + result.stderr.str())
+
+
+def test_threads_option(pytester):
+    pytester.mkdir("conformance")
+    pytester.path.joinpath("conformance", "test_threads.py").write_text(
+        "import torch\n\ndef test_threads():\n    assert torch.get_num_threads() == 1\n")
+    result = pytester.runpytest_subprocess("conformance", "--nnc-no-report", "-p", "no:cacheprovider",
+                                           "--nnc-threads", "1")
+    result.assert_outcomes(passed=1)
+    result = pytester.runpytest_subprocess("conformance", "--nnc-no-report", "-p", "no:cacheprovider",
+                                           "--nnc-threads", "0")
+    assert result.ret == 4 and "--nnc-threads '0': give a positive number" in result.stderr.str()

@@ -25,6 +25,16 @@ def _tier(value: str) -> str:
     return value
 
 
+def _threads(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise pytest.UsageError(f"--nnc-threads {value!r}: give a positive number of threads")
+    return n
+
+
 def _existing_dir(value: str) -> str:
     if not Path(value).is_dir():
         raise pytest.UsageError(f"--nnc-data-dir {value!r}: no such folder")
@@ -55,6 +65,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help=f"where runs write <run-id>/ (default: {default_report_dir()})")
     group.addoption("--nnc-run-id", default=None, metavar="ID", help="name of the report folder (default: timestamp)")
     group.addoption("--nnc-no-report", action="store_true", help="do not write a report")
+    group.addoption("--nnc-threads", default=None, type=_threads, metavar="N",
+                    help="torch threads per process (default: torch's choice; under pytest-xdist, cores / workers). "
+                         "On a shared machine, more threads than free cores stall in OpenMP barriers")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -67,7 +80,9 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(True, warn_only=True)
     worker = getattr(config, "workerinput", None)
-    if worker is not None:
+    if config.getoption("--nnc-threads"):
+        torch.set_num_threads(config.getoption("--nnc-threads"))
+    elif worker is not None:
         # N workers share the cores: more torch threads than cores stall in OpenMP barriers
         import os
 
