@@ -43,3 +43,5 @@ def test_parallel_run_gives_the_serial_results(tmp_path):
 
     next(r for r in parallel["records"] if r["check_id"] not in TIMED_CHECKS)["measured"] = "changed"
     assert compare_results(serial, parallel, ignore_skipped_in_b=True)
+    parallel["records"][-1]["status"] = "fail" if parallel["records"][-1]["status"] != "fail" else "pass"
+    assert compare_results(serial, parallel, ignore_skipped_in_b=True)

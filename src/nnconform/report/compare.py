@@ -2,9 +2,10 @@
 
 ``python -m nnconform.report.compare RUN_A RUN_B`` (a run folder or its results.json) lists every
 check record that one run has and the other lacks, and every record whose status, measured or
-expected value differs; it exits 1 when any does. Timing records (latency, encode and decode time,
-compression seconds) and wall-clock details are left out: they differ between any two runs. This
-is how a parallel run (``-n auto``) is shown to give what a serial run gives.
+expected value differs; it exits 1 when any does. Of records whose values are times (latency,
+compression and decode seconds, split selection's end-to-end latencies) only the status is compared:
+times differ between any two runs. This is how a parallel run (``-n auto``) or a run from a warm
+cache is shown to give what a serial, cold run gives.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-#: Checks whose measured value is a time, never equal across runs.
-TIMED_CHECKS = ("compression.latency", "compression.compress", "compression.decode", "split.latency")
+#: Checks whose measured value is a time (never equal across runs): only their status is compared.
+TIMED_CHECKS = ("compression.latency", "compression.compress", "compression.decode", "split.latency",
+                "split.selection", "anchor.latency")
 
 
 def load_results(path: str | Path) -> dict:
@@ -50,13 +52,13 @@ def compare_results(a: dict, b: dict, *, rel: float = 0.0, ignore_skipped_in_b: 
     out the cases B skipped and A ran (a parallel run B skips the timing cases), with their records.
     """
     drop = skipped_cases(b) - skipped_cases(a) if ignore_skipped_in_b else set()
-    recs_a = {_key(r): r for r in a["records"] if r["check_id"] not in TIMED_CHECKS and r.get("nodeid") not in drop}
-    recs_b = {_key(r): r for r in b["records"] if r["check_id"] not in TIMED_CHECKS}
+    recs_a = {_key(r): r for r in a["records"] if r.get("nodeid") not in drop}
+    recs_b = {_key(r): r for r in b["records"]}
     out = [f"only in A: {k[0]} {k[1]} ({k[2]})" for k in sorted(recs_a.keys() - recs_b.keys())]
     out += [f"only in B: {k[0]} {k[1]} ({k[2]})" for k in sorted(recs_b.keys() - recs_a.keys())]
     for k in sorted(recs_a.keys() & recs_b.keys()):
         ra, rb = recs_a[k], recs_b[k]
-        for fld in ("status", "measured", "expected", "tolerance"):
+        for fld in ("status",) if k[0] in TIMED_CHECKS else ("status", "measured", "expected", "tolerance"):
             if not _same(ra[fld], rb[fld], rel):
                 out.append(f"{k[0]} {k[1]}: {fld} {ra[fld]!r} (A) != {rb[fld]!r} (B)")
     outcomes_a = {c["nodeid"]: c["outcome"] for c in a["cases"]}
@@ -81,10 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     diffs = compare_results(a, b, rel=args.rel, ignore_skipped_in_b=args.ignore_skipped_in_b)
     if args.ignore_skipped_in_b:
         print(f"left out: {len(skipped_cases(b) - skipped_cases(a))} cases skipped in B only")
-    n = len([r for r in a["records"] if r["check_id"] not in TIMED_CHECKS])
+    drop = skipped_cases(b) - skipped_cases(a) if args.ignore_skipped_in_b else set()
+    compared = [r for r in a["records"] if r.get("nodeid") not in drop]
+    timed = len([r for r in compared if r["check_id"] in TIMED_CHECKS])
     for d in diffs:
         print(d)
-    print(f"{n} records compared (timings left out): {'the same results' if not diffs else f'{len(diffs)} differences'}")
+    print(f"{len(compared)} records of A compared ({timed} timing records by status only): "
+          f"{'the same results' if not diffs else f'{len(diffs)} differences'}")
     return 1 if diffs else 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -18,6 +19,8 @@ from .features import profile_cuts, resolution_scaling
 from .manifest import SUITE_TIERS, OperatingPoint, SplitManifest
 from .study import SplitStudy, run_study
 
+#: Samples per (cut, point) whose encoding is repeated to check it is deterministic.
+DETERMINISM_CHECKS = 2
 #: Bytes of captured tensors per batch the study may hold at once (sets the batch size).
 CAPTURE_BUDGET_BYTES = 256 * 2**20
 
@@ -144,9 +147,19 @@ class SplitRunner:
         per_sample = 4 * sum(graph.cut(c).numel for c in documented)
         batch = max(1, min(run.batch_size, CAPTURE_BUDGET_BYTES // max(per_sample, 1)))
         resolutions = self.manifest.resolutions.get(anchor.dataset, (anchor.input_shape[-1],))
+        cache = None
+        if getattr(session.config, "cache_dir", None):
+            from ..hashing import module_sha256
+            from .cache import SplitResultCache
+
+            stream = {"model": module_sha256(model), "dataset": dataset.fingerprint, "samples": len(dataset),
+                      "preprocess": anchor.preprocess.to_dict(), "batch": batch, "threads": torch.get_num_threads(),
+                      "determinism_checks": DETERMINISM_CHECKS}
+            cache = SplitResultCache(Path(session.config.cache_dir), stream, len(dataset))
         return run_study(
             anchor_name, graph, dataset.batches(anchor.preprocess, batch), coded=plan, stats_cuts=documented,
             stats_samples=run.stats_samples, profiles=profile_cuts(graph),
             resolution_numel=resolution_scaling(graph, resolutions),
-            dataset=f"{dataset.name}/{dataset.split}", smoke=dataset.smoke,
+            dataset=f"{dataset.name}/{dataset.split}", smoke=dataset.smoke, cache=cache,
+            determinism_checks=DETERMINISM_CHECKS,
         )

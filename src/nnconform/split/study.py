@@ -132,8 +132,12 @@ def run_study(anchor: str, graph: SplitGraph, batches: Iterable[tuple[torch.Tens
               stats_samples: int = 256, determinism_checks: int = 2,
               profiles: Mapping[str, CutProfile] | None = None,
               resolution_numel: Mapping[str, Mapping[str, int]] | None = None,
-              dataset: str = "", smoke: bool = False) -> SplitStudy:
-    """Run the study; ``coded`` maps a single cut to the operating points coded there."""
+              dataset: str = "", smoke: bool = False, cache=None) -> SplitStudy:
+    """Run the study; ``coded`` maps a single cut to the operating points coded there.
+
+    With a :class:`~nnconform.split.cache.SplitResultCache`, (cut, point) results stored by an earlier
+    run are read back instead of coded again; the forward pass (statistics, reference logits) always runs.
+    """
     for cut in coded:
         if not graph.cut(cut).single:
             raise ValueError(f"{anchor}: cut {cut!r} hands over {graph.cut(cut).num_tensors} tensors; "
@@ -149,6 +153,16 @@ def run_study(anchor: str, graph: SplitGraph, batches: Iterable[tuple[torch.Tens
             codecs[(cut, pid)] = r.point.build()
         except Exception as exc:  # the boundary of one case: a codec that cannot even be built
             _fail(r, exc, "exception")
+    cached: set[tuple[str, str]] = set()
+    if cache is not None:
+        for key, r in results.items():
+            hit = cache.load(r.cut, _cache_point(r.point), codecs[key]) if r.ok else None
+            if hit is not None:
+                r.payload_bytes.extend(hit["payload_bytes"])
+                r._chunks.append(hit["logits"])
+                r.max_abs_error, r.sq_error = hit["max_abs_error"], hit["sq_error"]
+                r.elements, r.determinism_checked = hit["elements"], hit["determinism_checked"]
+                cached.add(key)
 
     labels, ref_logits = [], []
     seen = 0
@@ -163,7 +177,7 @@ def run_study(anchor: str, graph: SplitGraph, batches: Iterable[tuple[torch.Tens
                     f = feats[cut]
                     a.update(f[:take] if isinstance(f, torch.Tensor) else tuple(t[:take] for t in f))
             for (cut, pid), r in results.items():
-                if r.ok:
+                if r.ok and (cut, pid) not in cached:
                     _code_batch(r, codecs[(cut, pid)], feats[cut], tails[cut], determinism_checks - r.determinism_checked)
             seen += len(y)
 
@@ -176,6 +190,8 @@ def run_study(anchor: str, graph: SplitGraph, batches: Iterable[tuple[torch.Tens
             r.correct = (r.logits.argmax(1) == labels_t).numpy()
             r.agreement = top1_agreement(ref, r.logits)
             r.kl = mean_kl_divergence(ref, r.logits)
+            if cache is not None and (r.cut, r.point.id) not in cached:
+                cache.store(r.cut, _cache_point(r.point), codecs[(r.cut, r.point.id)], r)
         else:
             r._chunks.clear()
     stats = {cut: a.result(profile=(profiles or {}).get(cut), resolution_numel=(resolution_numel or {}).get(cut))
@@ -183,6 +199,11 @@ def run_study(anchor: str, graph: SplitGraph, batches: Iterable[tuple[torch.Tens
     return SplitStudy(anchor=anchor, graph=graph, labels=labels_t, ref_logits=ref, stats=stats, coded=results,
                       dataset=dataset, smoke=smoke, profiles=dict(profiles or {}),
                       resolution_numel={k: dict(v) for k, v in (resolution_numel or {}).items()})
+
+
+def _cache_point(p: OperatingPoint) -> dict:
+    """What of an operating point decides its coded result (not its id, claim or tier)."""
+    return {"codec": p.codec, "params": p.kwargs, "lossless": p.lossless, "version": p.version}
 
 
 def _fail(r: CodedResult, exc: BaseException, kind: str) -> None:
