@@ -276,3 +276,24 @@ def test_submissions_refuse_wrong_hashes_and_incomplete_weights(tmp_path):
     handler, config, result = _submit(tmp_path, "w.safetensors", b"not safetensors", "safetensors")
     with pytest.raises(ArtifactError, match="not a safetensors file"):
         handler.decode(result.artifact, _Tiny(), config, _ctx(tmp_path))
+
+
+def test_a_pinned_module_that_changed_is_not_imported(tmp_path):
+    code = tmp_path / "code.py"
+    code.write_text("import pathlib\npathlib.Path(__file__).with_name('ran').write_text('yes')\n")
+    path = write(tmp_path, f"""
+        criteria = ["compression"]
+        module = "code.py"
+        module_sha256 = "{'1' * 64}"
+        [[compression]]
+        anchor = "fmnist-lenet5"
+        method = "fp16"
+        label = "mine"
+        claimed_tier = "99%"
+        """)
+    found = fields(path)
+    assert "not the reviewed code" in found["proposal.module_sha256"]
+    assert not (tmp_path / "ran").exists(), "code whose hash differs from the pin must not run"
+    path.write_text(path.read_text().replace("1" * 64, sha256_bytes(code.read_bytes())))
+    assert "proposal.module_sha256" not in fields(path)
+    assert (tmp_path / "ran").exists()

@@ -212,6 +212,13 @@ def load_proposal(path: str | Path, *, import_code: bool = True) -> Proposal:
     if code_sections and module_path is None and package is None:
         ck.problem("proposal", f"[[{code_sections[0]}]] names methods to run, but the manifest gives no `module` "
                                f"(a .py file) or `package` that registers them")
+    pinned = head.get("module_sha256")
+    if isinstance(pinned, str) and module_path is None:
+        ck.problem("proposal.module_sha256", "pins a module, but the manifest gives no `module`")
+    elif isinstance(pinned, str) and module_path.is_file() and sha256_file(module_path) != pinned:
+        ck.problem("proposal.module_sha256", f"{module_path.name} hashes to {sha256_file(module_path)}, the "
+                                             f"manifest pins {pinned}: not the reviewed code, so it is not imported")
+        module_path = None  # never run code other than the pinned one
     if import_code:
         ck.load_code(module_path, package)
 
