@@ -99,18 +99,19 @@ class _Payloads:
     def get(self, session, pair, point) -> bytes:
         key = (pair.id, point.label)
         if key not in self._bytes:
-            self._bytes[key] = self._encode(session, pair, point.make())
+            self._bytes[key] = self.encode(session, pair, point.make())
         return self._bytes[key]
 
     def full_bytes(self, session, pair) -> int:
         """Size of the whole target checkpoint (the ``full`` codec's payload)."""
         key = (pair.id, "::full")
         if key not in self._bytes:
-            self._bytes[key] = self._encode(session, pair, make_codec("full"))
+            self._bytes[key] = self.encode(session, pair, make_codec("full"))
         return len(self._bytes[key])
 
     @staticmethod
-    def _encode(session, pair, codec) -> bytes:
+    def encode(session, pair, codec) -> bytes:
+        """A fresh encoding of the pair's update with ``codec`` (what a sender would transmit)."""
         base = session.model(pair.anchor, pair.base).state_dict()
         target = session.model(pair.anchor, pair.target).state_dict()
         preprocess = session.anchor(pair.anchor).preprocess_for(pair.target)
@@ -218,8 +219,7 @@ def test_update_reconstruction(anchor_name, pair, point, encoded, nnc_session, n
     rec.details.update({"pair": pair.id, "codec": point.codec, "label": point.label, "params": dict(point.params),
                         "proposal": point.proposal})
     records = [nnc_record(rec)]
-    preprocess = nnc_session.anchor(anchor_name).preprocess_for(pair.target)
-    again = encode_update(point.make(), base, target, preprocess=preprocess)
+    again = _Payloads.encode(nnc_session, pair, point.make())
     records.append(nnc_record(gate(
         "updates.deterministic_encoding", subject, again == payload, measured=len(again), expected=len(payload),
         criterion="updates", details={"proposal": point.proposal},

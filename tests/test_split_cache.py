@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from nnconform.split import FEATURE_CODECS, RawCodec, SplitGraph, run_study
-from nnconform.split.cache import SplitResultCache, codec_source_sha256
+from nnconform.hashing import class_source_sha256
+from nnconform.split.cache import SplitResultCache
 from nnconform.split.manifest import OperatingPoint
 from nnconform.split.runner import torch_threads
 from nnconform.zoo import build_architecture
@@ -93,6 +94,6 @@ def test_damaged_or_short_files_are_recomputed(graph, tmp_path):
 
 
 def test_codec_source_is_part_of_the_key():
-    assert codec_source_sha256(CountingRaw()) != codec_source_sha256(RawCodec())
-    assert codec_source_sha256(CountingRaw()) == codec_source_sha256(CountingRaw())
+    assert class_source_sha256(CountingRaw()) != class_source_sha256(RawCodec())
+    assert class_source_sha256(CountingRaw()) == class_source_sha256(CountingRaw())
     assert Path(__file__).exists()

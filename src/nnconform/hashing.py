@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 from typing import Mapping
@@ -24,6 +25,25 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=256)
+def _source_file_digest(path: str) -> str:
+    return sha256_file(path)
+
+
+def class_source_sha256(obj: object) -> str | None:
+    """sha256 of the source file that defines ``obj``'s class (None when it has none), read once per process.
+
+    Cache keys carry it so that an edited method or codec (built in or a proposal's) is recomputed.
+    """
+    import inspect
+
+    try:
+        path = inspect.getsourcefile(type(obj))
+    except TypeError:
+        return None
+    return _source_file_digest(path) if path and Path(path).is_file() else None
 
 
 def _update_with_tensor(h, name: str, t: torch.Tensor) -> None:

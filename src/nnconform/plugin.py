@@ -137,23 +137,26 @@ def _proposal_of(value) -> str:
     return own if isinstance(own, str) and own else getattr(getattr(value, "point", None), "proposal", "") or ""
 
 
-def _proposal_filter(session: ConformanceSession, item: pytest.Item) -> bool:
-    """Whether a case runs in a run with proposals: a manifest problem stops everything but the
-    manifest cases; otherwise the criteria the proposals apply to run (plus the anchors' own checks),
-    and with ``--nnc-proposal-only`` only the cases of the proposals' operating points."""
-    marker = item.get_closest_marker("criterion")
-    criterion = marker.args[0] if marker else None
-    if criterion == "proposal":
-        return True
-    if any(not p.ok for p in session.proposals):
-        return False
+def _proposal_selector(session: ConformanceSession):
+    """Which cases run in a run with proposals: a manifest problem stops everything but the manifest
+    cases; otherwise the criteria the proposals apply to run (plus the anchors' own checks), and with
+    ``--nnc-proposal-only`` only the cases of the proposals' operating points."""
+    rejected = any(not p.ok for p in session.proposals)
     applies = {"anchors"} | {c for p in session.proposals for c in p.criteria}
-    if criterion is not None and criterion not in applies:
-        return False
-    if session.config.proposal_only:
-        callspec = getattr(item, "callspec", None)
-        return bool(callspec) and any(_proposal_of(v) for v in callspec.params.values())
-    return True
+
+    def runs(item: pytest.Item) -> bool:
+        marker = item.get_closest_marker("criterion")
+        criterion = marker.args[0] if marker else None
+        if criterion == "proposal":
+            return True
+        if rejected or (criterion is not None and criterion not in applies):
+            return False
+        if session.config.proposal_only:
+            callspec = getattr(item, "callspec", None)
+            return bool(callspec) and any(_proposal_of(v) for v in callspec.params.values())
+        return True
+
+    return runs
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -164,11 +167,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     session = config.stash[SESSION_KEY]
     parallel = bool(getattr(config.option, "numprocesses", None)) or hasattr(config, "workerinput")
     selected = None
+    proposal_runs = _proposal_selector(session) if session.proposals else None
     keep, drop = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
         anchor = callspec.params.get("anchor_name") if callspec else None
-        if session.proposals and not _proposal_filter(session, item):
+        if proposal_runs is not None and not proposal_runs(item):
             drop.append(item)
             continue
         if parallel and "benchmark" in getattr(item, "fixturenames", ()):
@@ -198,7 +202,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _check_proposals_run(session: ConformanceSession, items: list[pytest.Item]) -> None:
     """A valid proposal none of whose cases was selected would pass a CI gate without being tested:
     refuse the run, saying which options deselected it."""
-    if not items or not hasattr(items[0], "session") or not any("conformance" in str(i.fspath) for i in items):
+    if not any("conformance" in str(i.fspath) for i in items):
         return
     for p in session.proposals:
         if not p.ok:

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..hashing import module_sha256, sha256_bytes
+from ..hashing import class_source_sha256, module_sha256, sha256_bytes
 from ..records import CheckRecord, Status, gate
 from .base import (Artifact, ArtifactError, CalibrationSet, CompressedModel, CompressionContext, CompressorUnavailable,
                    get_compressor)
@@ -109,7 +109,7 @@ class CompressionCache:
         spec = {"engine": ENGINE_VERSION, "config": config, "model": module_sha256(model),
                 "calibration": calibration.fingerprint, "torch": torch.__version__, "versions": _tool_versions()}
         if point.proposal:  # a proposal's code changes between submissions; the built-ins change with ENGINE_VERSION
-            spec["handler_source"] = _source_sha256(get_compressor(point.method))
+            spec["handler_source"] = class_source_sha256(get_compressor(point.method))
         return sha256_bytes(json.dumps(spec, sort_keys=True).encode())
 
     def load(self, key: str) -> tuple[CompressedModel, torch.Tensor] | None:
@@ -154,17 +154,6 @@ class CompressionCache:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _source_sha256(handler) -> str | None:
-    """sha256 of the file that defines a handler's class (None when it has no source file)."""
-    import inspect
-
-    try:
-        path = inspect.getsourcefile(type(handler))
-    except TypeError:
-        return None
-    return sha256_bytes(Path(path).read_bytes()) if path and Path(path).is_file() else None
 
 
 def _tool_versions() -> dict[str, str | None]:

@@ -215,9 +215,9 @@ def load_proposal(path: str | Path, *, import_code: bool = True) -> Proposal:
     pinned = head.get("module_sha256")
     if isinstance(pinned, str) and module_path is None:
         ck.problem("proposal.module_sha256", "pins a module, but the manifest gives no `module`")
-    elif isinstance(pinned, str) and module_path.is_file() and sha256_file(module_path) != pinned:
-        ck.problem("proposal.module_sha256", f"{module_path.name} hashes to {sha256_file(module_path)}, the "
-                                             f"manifest pins {pinned}: not the reviewed code, so it is not imported")
+    elif isinstance(pinned, str) and module_path.is_file() and (actual := sha256_file(module_path)) != pinned:
+        ck.problem("proposal.module_sha256", f"{module_path.name} hashes to {actual}, the manifest pins {pinned}: "
+                                             f"not the reviewed code, so it is not imported")
         module_path = None  # never run code other than the pinned one
     if import_code:
         ck.load_code(module_path, package)

@@ -45,13 +45,18 @@ def skipped_cases(run: dict) -> set[str]:
     return {c["nodeid"] for c in run["cases"] if c["outcome"] == "skipped"}
 
 
+def left_out(a: dict, b: dict, ignore_skipped_in_b: bool) -> set[str]:
+    """The cases a comparison leaves out: those B skipped and A ran, when asked to."""
+    return skipped_cases(b) - skipped_cases(a) if ignore_skipped_in_b else set()
+
+
 def compare_results(a: dict, b: dict, *, rel: float = 0.0, ignore_skipped_in_b: bool = False) -> list[str]:
     """Differences between two runs' records and case outcomes (empty: the same results).
 
     ``rel`` tolerates a relative difference in float values (0: exact). ``ignore_skipped_in_b`` leaves
     out the cases B skipped and A ran (a parallel run B skips the timing cases), with their records.
     """
-    drop = skipped_cases(b) - skipped_cases(a) if ignore_skipped_in_b else set()
+    drop = left_out(a, b, ignore_skipped_in_b)
     recs_a = {_key(r): r for r in a["records"] if r.get("nodeid") not in drop}
     recs_b = {_key(r): r for r in b["records"]}
     out = [f"only in A: {k[0]} {k[1]} ({k[2]})" for k in sorted(recs_a.keys() - recs_b.keys())]
@@ -81,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     a, b = load_results(args.run_a), load_results(args.run_b)
     diffs = compare_results(a, b, rel=args.rel, ignore_skipped_in_b=args.ignore_skipped_in_b)
+    drop = left_out(a, b, args.ignore_skipped_in_b)
     if args.ignore_skipped_in_b:
-        print(f"left out: {len(skipped_cases(b) - skipped_cases(a))} cases skipped in B only")
-    drop = skipped_cases(b) - skipped_cases(a) if args.ignore_skipped_in_b else set()
+        print(f"left out: {len(drop)} cases skipped in B only")
     compared = [r for r in a["records"] if r.get("nodeid") not in drop]
     timed = len([r for r in compared if r["check_id"] in TIMED_CHECKS])
     for d in diffs:

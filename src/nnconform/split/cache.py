@@ -10,7 +10,6 @@ does not match, is ignored and recomputed. Writes are atomic.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import tempfile
@@ -20,18 +19,9 @@ from typing import Any
 
 import torch
 
-from ..hashing import sha256_bytes
+from ..hashing import class_source_sha256, sha256_bytes
 
 ENGINE_VERSION = "1"
-
-
-def codec_source_sha256(codec: Any) -> str | None:
-    """sha256 of the file that defines a codec's class (None when it has no source file)."""
-    try:
-        path = inspect.getsourcefile(type(codec))
-    except TypeError:
-        return None
-    return sha256_bytes(Path(path).read_bytes()) if path and Path(path).is_file() else None
 
 
 @dataclass(frozen=True)
@@ -48,7 +38,7 @@ class SplitResultCache:
 
     def _path(self, cut: str, point: dict, codec: Any) -> Path:
         spec = {"engine": ENGINE_VERSION, "stream": self.stream, "cut": cut, "point": point,
-                "codec_source": codec_source_sha256(codec), "torch": torch.__version__}
+                "codec_source": class_source_sha256(codec), "torch": torch.__version__}
         return self.root / "split" / f"{sha256_bytes(json.dumps(spec, sort_keys=True).encode())}.safetensors"
 
     def load(self, cut: str, point: dict, codec: Any) -> dict | None:
