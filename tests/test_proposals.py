@@ -57,10 +57,11 @@ def test_proposal_fixture(name, tmp_path):
                     f"{[(r['check_id'], r['status']) for r in results['records']]}"
     assert any(expected["message"] in r["message"] for r in failing), [r["message"] for r in failing]
     assert expected["message"] in proc.stdout, "the failure message must reach the terminal too"
-    # the failure stays in the proposal's own cases: every failing case is one of its cases
+    # the failure stays in the proposal's own cases: every failing case is one of its operating points' cases
+    points = [p.rsplit("/", 1)[-1] for pts in results["proposals"][0]["operating_points"].values() for p in pts]
     failed_ids = [c["nodeid"] for c in results["cases"] if c["outcome"] in ("failed", "error")]
-    assert failed_ids and all(name in i or "submission_manifest" in i or "planted" in i or "fixture" in i
-                              for i in failed_ids), failed_ids
+    assert failed_ids and all("submission_manifest" in i or any(i.endswith((f"-{p}]", f"[{p}]")) for p in points)
+                              for i in failed_ids), (failed_ids, points)
 
 
 def test_missing_field_stops_the_run_before_any_model_loads(tmp_path):
@@ -104,3 +105,30 @@ def test_a_proposal_whose_cases_are_all_deselected_stops_the_run(tmp_path):
     proc, _ = run_suite(tmp_path, "--proposal", str(FIXTURES / "good-compressor"), "--nnc-anchors", "fmnist-resnet8")
     assert proc.returncode == 4, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "no case of proposal 'fixture-int-per-channel'" in proc.stderr + proc.stdout
+
+
+TAMPER = """
+import pathlib
+
+def pytest_collection_finish(session):
+    # after the checker has hashed the submitted file, change one byte of it
+    path = pathlib.Path({path!r})
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0xFF
+    path.write_bytes(bytes(data))
+"""
+
+
+def test_a_submitted_file_that_changes_after_the_check_fails_its_case(tmp_path, monkeypatch):
+    """The payload is hashed again when its case runs: a file changed after the manifest check is refused."""
+    import shutil
+
+    folder = tmp_path / "proposal"
+    shutil.copytree(FIXTURES / "good-artifacts", folder)
+    payload = folder / "lenet5-epoch8-finetune-quant8.update"
+    (tmp_path / "tamper_plugin.py").write_text(TAMPER.format(path=str(payload)))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p))
+    proc, results = run_suite(tmp_path, "--proposal", str(folder), "--nnc-proposal-only", "-p", "tamper_plugin")
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    failing = [r for r in results["records"] if r["check_id"] == "updates.submitted_file"]
+    assert failing and failing[0]["status"] == "fail" and "differs from" in failing[0]["message"], failing
