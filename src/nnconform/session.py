@@ -30,10 +30,8 @@ from .stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 TIERS = ("quick", "default", "full")
 RECORD_PROPERTY = "nnconform_record"
 
-#: Packages whose versions every report records.
-REPORTED_PACKAGES = ("nnconform", "torch", "torchvision", "aimet-torch", "numpy", "scipy", "datasets",
-                     "safetensors", "onnx", "onnxruntime", "zstandard", "pillow", "nncodec", "pytest",
-                     "pytest-benchmark", "hypothesis", "efficientnet-lite-pytorch")
+# The environment manifest lives in environment.py (with the lock drift); re-exported for callers.
+from .environment import REPORTED_PACKAGES, environment_manifest  # noqa: E402,F401
 
 
 @dataclass(frozen=True)
@@ -60,38 +58,6 @@ class RunConfig:
         if min_tier not in TIERS:
             raise ValueError(f"tier marker {min_tier!r}: choose one of {', '.join(TIERS)}")
         return TIERS.index(self.tier) >= TIERS.index(min_tier)
-
-
-def _git_commit() -> dict[str, Any]:
-    try:
-        head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True,
-                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return {"commit": head or None, "dirty": bool(dirty)}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-
-
-def environment_manifest() -> dict[str, Any]:
-    """Package versions, commit, machine and seeds: what a reader needs to reproduce a run."""
-    versions = {}
-    for pkg in REPORTED_PACKAGES:
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    return {
-        "packages": versions,
-        "python": platform.python_version(),
-        "git": _git_commit(),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "cuda_available": torch.cuda.is_available()},
-        "seeds": {"bootstrap_seed": BOOTSTRAP_SEED, "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
-                  "torch_manual_seed": 0},
-        "determinism": {"torch.use_deterministic_algorithms": torch.are_deterministic_algorithms_enabled()},
-    }
 
 
 @dataclass
