@@ -12,7 +12,7 @@ from nnconform.data import DatasetUnavailable
 def load_or_skip(nnc_session, nnc_record):
     """Run a loader; a missing file or dataset skips the case with the exact message (the report
     lists it with the case), a corrupt weights file fails it with a FAIL record."""
-    from nnconform.records import CheckRecord, Status
+    from nnconform.anchor_checks import integrity_failure
 
     def call(fn, *args, subject: str, **kwargs):
         try:
@@ -20,7 +20,7 @@ def load_or_skip(nnc_session, nnc_record):
         except (WeightsUnavailable, DatasetUnavailable) as exc:
             pytest.skip(str(exc))
         except WeightsIntegrityError as exc:
-            nnc_record(CheckRecord("anchor.weights_sha256", subject, Status.FAIL, message=str(exc)))
+            nnc_record(integrity_failure(subject, exc))
             pytest.fail(str(exc), pytrace=False)
 
     return call

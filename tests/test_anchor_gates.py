@@ -75,5 +75,7 @@ def test_bad_anchors_fail_their_gates(pytester, monkeypatch, fmnist_test):
     assert ("anchor.params_macs", "bad-params") in failed
     assert ("anchor.deterministic", "bad-noisy") in failed
     assert ("anchor.weights_sha256", "bad-hash") in failed
-    hash_msg = next(r["message"] for r in records if r["subject"] == "bad-hash" and r["status"] == "fail")
-    assert "random.safetensors has sha256" in hash_msg
+    hash_rec = next(r for r in records if r["subject"] == "bad-hash" and r["check_id"] == "anchor.weights_sha256")
+    assert "random.safetensors has sha256" in hash_rec["message"]
+    # the measured value is the file's own digest, not the manifest's pin
+    assert hash_rec["measured"] == digest and hash_rec["expected"] == "f" * 64

@@ -21,6 +21,8 @@ class Registry(Generic[T]):
         self.entry_point_group = entry_point_group
         self._items: dict[str, T] = {}
         self._entry_points_loaded = False
+        #: entry points that failed to import: name -> message (raised when the name is asked for)
+        self.broken: dict[str, str] = {}
 
     def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
         """Register ``obj`` under ``name``; usable as a decorator when ``obj`` is omitted."""
@@ -38,13 +40,22 @@ class Registry(Generic[T]):
         self._items.pop(name, None)
 
     def load_entry_points(self) -> list[str]:
-        """Import every entry point of this registry's group once; return the names loaded."""
+        """Import every entry point of this registry's group once; return the names loaded.
+
+        One entry point that fails to import does not hide the others: its error is kept and raised,
+        naming the entry point and its target, when that name is asked for (:meth:`get`).
+        """
         if self._entry_points_loaded or not self.entry_point_group:
             return []
         self._entry_points_loaded = True
         loaded = []
         for ep in metadata.entry_points(group=self.entry_point_group):
-            obj = ep.load()
+            try:
+                obj = ep.load()
+            except Exception as exc:  # a broken third-party package must not take the registry down with it
+                self.broken[ep.name] = (f"entry point {ep.name!r} = {ep.value!r} of group {self.entry_point_group!r} "
+                                        f"failed to import: {type(exc).__name__}: {exc}")
+                continue
             if ep.name not in self._items:
                 self.register(ep.name, obj)
             loaded.append(ep.name)
@@ -56,6 +67,8 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
+            if name in self.broken:
+                raise KeyError(f"{self.kind} {name!r} is unavailable: {self.broken[name]}") from None
             close = difflib.get_close_matches(name, self._items, n=3)
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
             raise KeyError(f"no {self.kind} named {name!r}{hint} (known: {sorted(self._items)})") from None

@@ -74,8 +74,8 @@ class Table:
         self._read: set[str] = set()
 
     def at(self, key: str) -> str:
-        """The dotted location of ``key``."""
-        return f"{self.where}.{key}"
+        """The dotted location of ``key`` (``file.toml: table.key``)."""
+        return f"{self.where}{'.' if ': ' in self.where else ': '}{key}"
 
     def has(self, key: str) -> bool:
         """Whether the table has ``key``."""
@@ -118,12 +118,21 @@ class Table:
         """A number field within ``[min, max]`` (``(min, max]`` with ``min_open``)."""
         return self.get(key, float, default, check=lambda v: _range(v, min, max, min_open))
 
-    def list(self, key: str, item: type | tuple = object, default: Any = _MISSING) -> list:
-        """An array field whose items are of ``item``."""
+    def list(self, key: str, item: type | tuple = object, default: Any = _MISSING, *,
+             check: Callable[[Any], str | None] | None = None) -> list:
+        """An array field whose items are of ``item`` (and pass ``check``, which returns a message or None)."""
         value = self.get(key, list, default)
         if value is default:
             return value
-        return [v if item is object else check_type(v, item, f"{self.at(key)}[{i}]") for i, v in enumerate(value)]
+        out = []
+        for i, v in enumerate(value):
+            where = f"{self.at(key)}[{i}]"
+            v = v if item is object else check_type(v, item, where)
+            problem = check(v) if check is not None else None
+            if problem:
+                raise PlanError(f"{where}: {problem}, got {v!r}")
+            out.append(v)
+        return out
 
     def table(self, key: str, default: Any = _MISSING) -> "Table":
         """A sub-table as a :class:`Table` (an empty one when absent and ``default`` is ``{}``)."""
@@ -134,6 +143,10 @@ class Table:
         """An array of tables (``[[key]]``), each as a :class:`Table`."""
         value = self.get(key, list, default)
         return [Table(v, f"{self.at(key)}[{i}]") for i, v in enumerate(value)]
+
+    def positive(self, value) -> str | None:
+        """A ``check`` for :meth:`list`: the item must be > 0."""
+        return None if value > 0 else "must be > 0"
 
     def run_tier(self, key: str = "run_tier", default: Any = _MISSING) -> str:
         """A run tier field (quick/default/full)."""
