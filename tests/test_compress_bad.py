@@ -12,26 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from nnconform.compress import (COMPRESSORS, Artifact, CompressedModel, CompressorConfig, get_compressor,
-                                register_compressor)
+from nnconform import kit
+from nnconform.compress import Artifact, CompressedModel, Compressor, CompressorConfig, compressor_class
 from nnconform.compress.baselines import decode_float_model, encode_float_model
+from nnconform.compress.calibration import build_calibration
+from nnconform.compress.plan import CompressionPoint, load_plan
 from nnconform.compress.runner import AnchorUnderTest, run_case
-from nnconform.compress.suite import OperatingPoint, build_calibration, load_suite
 from nnconform.records import Status
 
 EVAL_SAMPLES = 2000  # enough for the 99% gate to tell a broken model from a good one, fast on 2 cores
-
-
-@dataclass(frozen=True)
-class PlantedConfig(CompressorConfig):
-    """How the planted method misbehaves (``ok`` behaves)."""
-
-    mode: str = "ok"
-    noise: float = 0.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._check_choice("mode", MODES)
 
 
 MODES = ("ok", "raise", "exit", "nan", "shape", "garbage", "lie_size", "mismatch", "leak", "noisy", "flaky_decode",
@@ -47,15 +36,25 @@ class _Reshape(torch.nn.Module):
         return self.inner(x)[:, :5]
 
 
-@register_compressor
-class PlantedCompressor:
+@kit.register_method("compressor", "planted-test-method")
+class PlantedCompressor(Compressor):
     """A method with one planted defect per mode; the ``ok`` mode is an honest float32 codec."""
 
-    name = "planted-test-method"
-    config_cls = PlantedConfig
     description = "self-test method with planted defects"
 
-    def compress(self, model, config: PlantedConfig, ctx):
+    @dataclass(frozen=True)
+    class Config(CompressorConfig):
+        """How the planted method misbehaves (``ok`` behaves)."""
+
+        mode: str = "ok"
+        noise: float = 0.0
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            self._check_choice("mode", MODES)
+
+    def compress(self, model, ctx):
+        config = self.config
         mode = config.mode
         if mode == "raise":
             raise RuntimeError("planted failure inside compress")
@@ -86,7 +85,8 @@ class PlantedCompressor:
         reported = artifact.nbytes // 2 if mode == "lie_size" else artifact.nbytes
         return CompressedModel(module, artifact, reported)
 
-    def decode(self, artifact, template, config: PlantedConfig, ctx):
+    def decode(self, artifact, template, ctx):
+        config = self.config
         if config.mode == "leak":
             from nnconform.compress.serialize import unpack_tensors
 
@@ -117,7 +117,7 @@ def lenet():
         pytest.skip(str(exc))
     ev = Evaluator(None)
     ref = ev.evaluate(model, ds, anchor.preprocess)
-    calib = build_calibration(load_suite().calibration["fashion-mnist"], anchor.preprocess, limit=128)
+    calib = build_calibration(load_plan().calibration["fashion-mnist"], anchor.preprocess, limit=128)
     aut = AnchorUnderTest(anchor.name, model, tuple(anchor.input_shape), anchor.num_classes, ds.classes,
                           ref.logits, ref.labels)
     return aut, calib, (lambda m: ev.evaluate(m, ds, anchor.preprocess).logits)
@@ -125,8 +125,8 @@ def lenet():
 
 def _run(lenet, mode: str, claimed: str | None = None, noise: float = 0.0, tmp_path: Path | None = None):
     aut, calib, evaluate = lenet
-    point = OperatingPoint("fmnist-lenet5", "planted-test-method", mode, "quick",
-                           PlantedConfig(mode=mode, claimed_tier=claimed, noise=noise))
+    point = CompressionPoint("fmnist-lenet5", "planted-test-method", PlantedCompressor.Config(mode=mode, noise=noise),
+                             label=mode, run_tier="quick", claimed_tier=claimed)
     return run_case(point, aut, calib, evaluate=evaluate, cache_dir=tmp_path)
 
 
@@ -192,17 +192,54 @@ def test_cache_reuses_the_artifact_and_keeps_checking_it(lenet, tmp_path):
     # a tampered cache entry is not trusted: the case recomputes
     entry = next((tmp_path / "compress").iterdir())
     (entry / "model.safetensors").write_bytes(b"tampered")
-    third = _run(lenet, "ok", tmp_path=tmp_path)
+    with pytest.warns(UserWarning, match=r"compression cache entry .* is corrupt \(file 'model.safetensors'"):
+        third = _run(lenet, "ok", tmp_path=tmp_path)
     assert third.failure is None and not third.details.get("from_cache")
 
 
-def test_registry_refuses_a_second_method_with_the_same_name():
-    class Other(PlantedCompressor):
-        pass
+def test_a_changed_method_source_misses_the_cache(lenet, tmp_path, monkeypatch):
+    """The cache key holds the sha256 of the method class's source file, for built-in methods too: an edited
+    method is compressed again instead of reusing a stale artifact (issue 10)."""
+    from nnconform.compress import runner
 
+    first = _run(lenet, "ok", tmp_path=tmp_path)
+    assert _run(lenet, "ok", tmp_path=tmp_path).details.get("from_cache") is True
+    real = runner.class_source_sha256
+    monkeypatch.setattr(runner, "class_source_sha256", lambda obj: "edited-" + str(real(obj)))
+    edited = _run(lenet, "ok", tmp_path=tmp_path)
+    assert edited.failure is None and not edited.details.get("from_cache")
+    assert edited.details["cache_key"] != first.details["cache_key"]
+
+
+def test_every_method_key_carries_its_source_hash(lenet, monkeypatch):
+    """Built-in and proposal methods alike: the key changes with the method's source file."""
+    from nnconform.compress import make_compressor, runner
+    from nnconform.hashing import class_source_sha256
+
+    aut, calib, _ = lenet
+    cache = runner.CompressionCache(None)
+    point = CompressionPoint("fmnist-lenet5", "fp16", compressor_class("fp16").Config(), run_tier="quick")
+    fp16 = make_compressor("fp16")
+    assert class_source_sha256(fp16)  # the built-in's file is hashed (it was left out before)
+    key = cache.key(point, aut.model, calib, fp16)
+    monkeypatch.setattr(runner, "class_source_sha256", lambda obj: "0" * 64)
+    assert cache.key(point, aut.model, calib, fp16) != key
+
+
+def test_a_claim_does_not_change_the_cache_key(lenet, tmp_path):
+    first = _run(lenet, "ok", tmp_path=tmp_path)
+    claimed = _run(lenet, "ok", claimed="99%", tmp_path=tmp_path)
+    assert claimed.details.get("from_cache") is True and claimed.details["cache_key"] == first.details["cache_key"]
+
+
+def test_registry_refuses_a_second_method_with_the_same_name():
     with pytest.raises(ValueError, match="already registered"):
-        register_compressor(Other)
-    assert isinstance(get_compressor("planted-test-method"), PlantedCompressor)
+        @kit.register_method("compressor", "planted-test-method")
+        class Other(PlantedCompressor):
+            @dataclass(frozen=True)
+            class Config(CompressorConfig):
+                pass
+    assert compressor_class("planted-test-method") is PlantedCompressor
 
 
 CONFTEST = textwrap.dedent('''
@@ -212,7 +249,7 @@ CONFTEST = textwrap.dedent('''
 ''')
 
 SUITE = textwrap.dedent('''
-    version = 1
+    version = 2
     [calibration.fashion-mnist]
     split = "train"
     rule = "first 64 of the repository's list"
@@ -238,7 +275,7 @@ def test_conformance_file_isolates_each_failing_case(pytester, tmp_path, monkeyp
     for name in ("tiers.toml", "zoo.toml"):
         (anchors / name).write_text((repo / "anchors" / name).read_text())
     (anchors / "zoo").symlink_to(repo / "anchors" / "zoo")
-    indices = list(load_suite().calibration["fashion-mnist"].indices[:64])
+    indices = list(load_plan().calibration["fashion-mnist"].indices[:64])
     (anchors / "compression.toml").write_text(SUITE.format(indices=indices))
     pytester.makeconftest((repo / "conformance" / "conftest.py").read_text()
                           + CONFTEST.format(tests=str(Path(__file__).parent)))

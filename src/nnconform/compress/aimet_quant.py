@@ -24,39 +24,10 @@ import torch
 from torch import nn
 
 from .aimet_compression import aimet_workdir, quiet_aimet
-from .base import (Artifact, ArtifactError, CompressedModel, CompressionContext, CompressionError,
-                   CompressorConfig, CompressorUnavailable, register_compressor)
+from ..kit import register_method
+from .base import (Artifact, ArtifactError, CompressedModel, CompressionContext, CompressionError, Compressor,
+                   CompressorConfig, CompressorUnavailable)
 from .serialize import OnnxModule, check_onnx, onnx_parameter_count
-
-
-@dataclass(frozen=True)
-class AimetQuantConfig(CompressorConfig):
-    """QuantSim W{param_bw}A{output_bw}; AdaRound when ``adaround_iterations`` > 0.
-
-    ``calibration_samples``: images for ``compute_encodings`` (and AdaRound);
-    ``cle``: cross-layer equalization after BN folding; ``include_encodings``: ship AIMET's JSON
-    encodings in the artifact beside the QDQ ONNX graph.
-    """
-
-    param_bw: int = 8
-    output_bw: int = 8
-    quant_scheme: str = "post_training_tf_enhanced"
-    calibration_samples: int = 512
-    batch_size: int = 64
-    cle: bool = True
-    adaround_iterations: int = 0
-    adaround_reg_param: float = 0.01
-    include_encodings: bool = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._check_choice("param_bw", (4, 8, 16))
-        self._check_choice("output_bw", (8, 16))
-        self._check_choice("quant_scheme", ("post_training_tf_enhanced", "post_training_tf",
-                                            "post_training_percentile"))
-        self._check_range("calibration_samples", 1, 1_000_000)
-        self._check_range("batch_size", 1, 4096)
-        self._check_range("adaround_iterations", 0, 100_000)
 
 
 def _import_aimet_quant():
@@ -88,12 +59,10 @@ class _Folded(nn.Module):
     """Marker for params/MAC counting of the prepared, BN-folded float model."""
 
 
-@register_compressor
-class AimetQuantCompressor:
+@register_method("compressor", "aimet-quant")
+class AimetQuantCompressor(Compressor):
     """AIMET QuantSim PTQ (BN fold + CLE + tf_enhanced, optional AdaRound), exported as QDQ ONNX."""
 
-    name = "aimet-quant"
-    config_cls = AimetQuantConfig
     #: The ONNX graph stores int32 biases where QuantSim keeps float ones, and onnxruntime rounds its
     #: requantizations its own way: logits differ by a few output quantization steps (0.5% of the logit
     #: range on LeNet-5, 3% on EfficientNet-Lite0). A wrong artifact differs by ~100%.
@@ -101,7 +70,38 @@ class AimetQuantCompressor:
     description = ("AIMET prepare_model, BN folding, CLE, QuantSim post_training_tf_enhanced "
                    "(AdaRound for low-bit weights); exported as QDQ ONNX with int weights + JSON encodings")
 
-    def compress(self, model: nn.Module, config: AimetQuantConfig, ctx: CompressionContext) -> CompressedModel:
+    @dataclass(frozen=True)
+    class Config(CompressorConfig):
+        """QuantSim W{param_bw}A{output_bw}; AdaRound when ``adaround_iterations`` > 0.
+
+        ``calibration_samples``: images for ``compute_encodings`` (and AdaRound);
+        ``cle``: cross-layer equalization after BN folding; ``include_encodings``: ship AIMET's JSON
+        encodings in the artifact beside the QDQ ONNX graph.
+        """
+
+        param_bw: int = 8
+        output_bw: int = 8
+        quant_scheme: str = "post_training_tf_enhanced"
+        calibration_samples: int = 512
+        batch_size: int = 64
+        cle: bool = True
+        adaround_iterations: int = 0
+        adaround_reg_param: float = 0.01
+        include_encodings: bool = True
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            self._check_choice("param_bw", (4, 8, 16))
+            self._check_choice("output_bw", (8, 16))
+            self._check_choice("quant_scheme", ("post_training_tf_enhanced", "post_training_tf",
+                                                "post_training_percentile"))
+            self._check_range("calibration_samples", 1, 1_000_000)
+            self._check_range("batch_size", 1, 4096)
+            self._check_range("adaround_iterations", 0, 100_000)
+
+    def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressedModel:
+        """The AIMET model-zoo PTQ recipe on the calibration set, exported by AIMET as QDQ ONNX."""
+        config = self.config
         api = _import_aimet_quant()
         from ..profile import count_macs
 
@@ -166,7 +166,9 @@ class AimetQuantCompressor:
             "file_bytes": artifact.sizes(),
             "params_are": "weights and biases stored in model.onnx", "macs_are": "MACs of the BN-folded graph"})
 
-    def decode(self, artifact, template, config: AimetQuantConfig, ctx) -> nn.Module:
+    def decode(self, artifact, template, ctx) -> nn.Module:
+        """The QDQ ONNX graph run by onnxruntime (AIMET's encodings checked against it)."""
+        config = self.config
         data = artifact.file("model.onnx")
         check_onnx(data, "model.onnx")
         if config.include_encodings:

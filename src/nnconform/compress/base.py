@@ -1,4 +1,4 @@
-"""The compressor protocol: one frozen config dataclass plus one handler per method.
+"""The compressor method kind: one class per method with a nested frozen, versioned ``Config``.
 
 A *compressor* turns an anchor model (and a fixed calibration set) into a :class:`CompressedModel`:
 the serialized :class:`Artifact` (real bytes), the in-memory module the method produced, and what
@@ -6,24 +6,33 @@ the method says about itself (size, params, MACs, metadata). The engine never ev
 in-memory module: it evaluates ``decode(artifact)``, rebuilt on a template whose weights are NaN,
 and checks that both agree (see :mod:`nnconform.compress.runner`).
 
-Built-in reference methods and third-party proposals go through the same door: the
-:data:`COMPRESSORS` registry, filled by :func:`register_compressor` or by entry points in the
-``nnconform.compressors`` group (the entry point names a handler class or instance).
+Built-in reference methods and third-party proposals go through the same door, the kit's method
+kind ``compressor`` (:data:`COMPRESSORS`, entry-point group ``nnconform.compressors``)::
+
+    @kit.register_method("compressor", "my-method")
+    class MyMethod(Compressor):
+        @dataclass(frozen=True)
+        class Config(CompressorConfig):
+            bits: int = 8
+
+        def compress(self, model, ctx): ...          # uses self.config
+        def decode(self, artifact, template, ctx): ...
+
+``make_compressor(name, params)`` (``kit.make("compressor", ...)``) builds an instance. The accuracy
+or size a point claims is the operating point's (:class:`nnconform.compress.plan.CompressionPoint`),
+never the config's.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Protocol, runtime_checkable
+from typing import Any, ClassVar, Mapping
 
 import torch
 
 from ..hashing import sha256_bytes
-from ..registry import Registry
+from ..kit import ConfigError, MethodConfig, make, method_class, method_kind
 
 
 class CompressionError(RuntimeError):
@@ -38,96 +47,10 @@ class CompressorUnavailable(RuntimeError):
     """A package a method needs is not installed; the message gives the install line (cases skip)."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Configs
-
-
-def _field_types(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _is_tuple_type(tp) -> bool:
-    origin = typing.get_origin(tp)
-    if origin is tuple:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_is_tuple_type(a) for a in typing.get_args(tp))
-    return False
-
-
 @dataclass(frozen=True)
-class CompressorConfig:
-    """Base of every method's config: a frozen dataclass that round-trips to a plain dict.
-
-    ``version`` is the config schema version the handler supports (``VERSION``); a config written
-    for another version is refused by name. ``claimed_tier`` is the accuracy tier (from
-    ``anchors/tiers.toml``) the method claims at this operating point; the case fails when it is
-    not met. ``None`` claims nothing: the case then reports the tier met without gating on it.
-    """
-
-    VERSION: ClassVar[int] = 1
-    method: ClassVar[str] = ""
-
-    version: int = 1
-    claimed_tier: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.version != self.VERSION:
-            raise ValueError(f"{self.method or type(self).__name__} config version {self.version!r} is not "
-                             f"supported; this handler reads version {self.VERSION}")
-        if self.claimed_tier is not None:
-            from ..gates import load_tiers
-
-            tiers = load_tiers()
-            if self.claimed_tier not in tiers:
-                raise ValueError(f"{self.method}: claimed_tier {self.claimed_tier!r} is not a tier; "
-                                 f"valid: {list(tiers)}")
-
-    # helpers for subclasses' __post_init__ ---------------------------------------------------
-
-    def _check_range(self, name: str, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> None:
-        value = getattr(self, name)
-        ok_lo = value > lo if lo_open else value >= lo
-        ok_hi = value < hi if hi_open else value <= hi
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not (ok_lo and ok_hi):
-            left, right = "(" if lo_open else "[", ")" if hi_open else "]"
-            raise ValueError(f"{self.method}: {name}={value!r} must be in {left}{lo}, {hi}{right}")
-
-    def _check_choice(self, name: str, choices) -> None:
-        value = getattr(self, name)
-        if value not in choices:
-            raise ValueError(f"{self.method}: {name}={value!r} must be one of {list(choices)}")
-
-    # round trip ------------------------------------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        """``{"method": name, field: value, ...}`` with tuples as lists (JSON/TOML ready)."""
-        out: dict[str, Any] = {"method": self.method}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CompressorConfig":
-        """Build from :meth:`to_dict` output (or a manifest table); unknown keys are refused by name."""
-        data = dict(data)
-        method = data.pop("method", cls.method)
-        if method != cls.method:
-            raise ValueError(f"config for method {method!r} given to {cls.method!r}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"{cls.method}: unknown config field(s) {unknown}; valid: {sorted(names)}")
-        hints = _field_types(cls)
-        for key, value in list(data.items()):
-            if isinstance(value, list) and _is_tuple_type(hints.get(key)):
-                data[key] = tuple(value)
-        return cls(**data)
-
-    def replace(self, **changes) -> "CompressorConfig":
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)
+class CompressorConfig(MethodConfig):
+    """Base of every compressor's nested ``Config`` (the kit's :class:`~nnconform.kit.MethodConfig`:
+    frozen, versioned, validated in ``__post_init__``, round-trips to a plain dict)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,67 +188,67 @@ class CompressionContext:
 
 
 # ---------------------------------------------------------------------------------------------
-# The protocol and the registry
+# The method kind
 
 
-@runtime_checkable
-class Compressor(Protocol):
-    """A compression method: a config class, ``compress`` and ``decode``.
+#: Relative tolerance of the decoded model against the method's own module, unless the class sets
+#: ``decode_tolerance`` (an ONNX runtime computing integer kernels differs from AIMET's
+#: fake-quantization simulation by a rounding step here and there).
+DEFAULT_DECODE_TOLERANCE = 1e-4
 
-    ``decode`` receives only the artifact, the config and an architecture *template* whose floating
-    parameters and buffers are NaN: whatever the decoded model computes must come from the artifact.
+
+class Compressor:
+    """Base of a compression method: ``compress`` and ``decode`` with ``self.config``.
+
+    ``decode`` receives only the artifact and an architecture *template* whose floating parameters
+    and buffers are NaN: whatever the decoded model computes must come from the artifact.
+    ``cacheable = False`` keeps a method's artifacts out of the cache (one that reads files the
+    user may change); ``decode_tolerance`` is how far the decoded model may be from the method's own.
     """
 
-    name: str
-    config_cls: type[CompressorConfig]
-    description: str
+    Config: ClassVar[type[CompressorConfig]] = CompressorConfig
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    decode_tolerance: ClassVar[float] = DEFAULT_DECODE_TOLERANCE
+    cacheable: ClassVar[bool] = True
 
-    def compress(self, model: torch.nn.Module, config: CompressorConfig, ctx: CompressionContext) -> CompressedModel:
-        ...
+    def __init__(self, config: CompressorConfig) -> None:
+        if not isinstance(config, type(self).Config):
+            raise ConfigError(f"compressor {self.name!r} needs a {type(self).__qualname__}.Config, got "
+                              f"{type(config).__qualname__}")
+        self.config = config
 
-    def decode(self, artifact: Artifact, template: torch.nn.Module, config: CompressorConfig,
-               ctx: CompressionContext) -> torch.nn.Module:
-        ...
+    def compress(self, model: torch.nn.Module, ctx: CompressionContext) -> CompressedModel:
+        """The artifact (and in-memory result) of ``model`` at this config."""
+        raise NotImplementedError
+
+    def decode(self, artifact: Artifact, template: torch.nn.Module, ctx: CompressionContext) -> torch.nn.Module:
+        """The model ``artifact`` encodes, rebuilt on the NaN-filled ``template``."""
+        raise NotImplementedError
 
 
 #: Every compression method, built in or contributed (entry-point group ``nnconform.compressors``).
-COMPRESSORS: Registry[Compressor] = Registry("compressor", "nnconform.compressors")
+COMPRESSORS = method_kind("compressor", "nnconform.compressors")
 
 
-def register_compressor(cls):
-    """Class decorator: register a handler class (instantiated once) under ``cls.name``.
-
-    Also binds the config class to the method name so ``config.to_dict()`` records it.
-    """
-    if not getattr(cls, "name", None) or not getattr(cls, "config_cls", None):
-        raise TypeError(f"{cls.__name__} needs class attributes `name` and `config_cls`")
-    cls.config_cls.method = cls.name
-    COMPRESSORS.register(cls.name, cls())
-    return cls
+def compressor_class(name: str) -> type:
+    """The class registered as ``name`` (a KeyError suggests close names; a TypeError names a class
+    that is not a method)."""
+    return method_class("compressor", name)
 
 
-def get_compressor(name: str) -> Compressor:
-    """The handler registered as ``name`` (an entry point may name a class; it is instantiated)."""
-    obj = COMPRESSORS.get(name)
-    if isinstance(obj, type):
-        if getattr(obj, "config_cls", None) is not None and not obj.config_cls.method:
-            obj.config_cls.method = name
-        obj = obj()
-        COMPRESSORS.unregister(name)
-        COMPRESSORS.register(name, obj)
-    if not isinstance(obj, Compressor):
-        raise TypeError(f"compressor {name!r} ({obj!r}) does not implement the Compressor protocol "
-                        f"(name, config_cls, description, compress, decode)")
-    return obj
+def make_compressor(name: str, params: Mapping[str, Any] | None = None):
+    """A compressor instance from its name and config fields: ``make_compressor("nnc", {"qp": -32})``."""
+    return make("compressor", name, params)
 
 
 def config_from_dict(data: Mapping[str, Any]) -> CompressorConfig:
     """Rebuild any method's config from its dict (``{"method": ..., ...}``)."""
     if "method" not in data:
-        raise ValueError(f"a compressor config needs a 'method' key; got {sorted(data)}")
-    return get_compressor(data["method"]).config_cls.from_dict(data)
+        raise ConfigError(f"a compressor config needs a 'method' key; got {sorted(data)}")
+    return compressor_class(data["method"]).Config.from_dict(data)
 
 
 def make_config(method: str, **fields) -> CompressorConfig:
     """A method's config from keyword fields: ``make_config("aimet-ssvd", target_ratio=0.5)``."""
-    return get_compressor(method).config_cls.from_dict({"method": method, **fields})
+    return compressor_class(method).Config.from_dict({**fields, "method": method})

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import (Artifact, ArtifactError, CompressedModel, CompressionContext, CompressorConfig,
-                   register_compressor)
+from ..kit import register_method
+from .base import Artifact, ArtifactError, CompressedModel, CompressionContext, Compressor, CompressorConfig
 from .serialize import load_full_state, pack_tensors, structure_changes, unpack_tensors, apply_structure
 
 # ---------------------------------------------------------------------------------------------
@@ -52,17 +52,6 @@ def decode_float_model(artifact: Artifact, template: nn.Module, *, name: str = "
 # fp16
 
 
-@dataclass(frozen=True)
-class Fp16Config(CompressorConfig):
-    """Store every floating tensor as IEEE float16."""
-
-    compute_dtype: str = "float32"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._check_choice("compute_dtype", ("float32", "float16"))
-
-
 class HalfPrecision(nn.Module):
     """Runs a float16 model on float32 inputs and returns float32 logits."""
 
@@ -74,22 +63,34 @@ class HalfPrecision(nn.Module):
         return self.inner(x.half()).float()
 
 
-@register_compressor
-class Fp16Compressor:
+@register_method("compressor", "fp16")
+class Fp16Compressor(Compressor):
     """float16 weights (the simplest baseline: half the bytes, usually transparent)."""
 
-    name = "fp16"
-    config_cls = Fp16Config
     description = "float16 safetensors of the full state dict"
 
-    def compress(self, model, config: Fp16Config, ctx: CompressionContext) -> CompressedModel:
+    @dataclass(frozen=True)
+    class Config(CompressorConfig):
+        """Store every floating tensor as IEEE float16."""
+
+        compute_dtype: str = "float32"
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            self._check_choice("compute_dtype", ("float32", "float16"))
+
+    def compress(self, model, ctx: CompressionContext) -> CompressedModel:
+        """float16 safetensors of the state dict; the method's own model is the rounded float model."""
+        config = self.config
         reference = copy.deepcopy(model)
         artifact = encode_float_model(model, reference, dtype=torch.float16, fmt="safetensors-fp16")
         rounded = copy.deepcopy(model).half().float().eval()
         module = HalfPrecision(copy.deepcopy(rounded)) if config.compute_dtype == "float16" else rounded
         return CompressedModel(module, artifact, artifact.nbytes, metadata={"compute_dtype": config.compute_dtype})
 
-    def decode(self, artifact, template, config: Fp16Config, ctx) -> nn.Module:
+    def decode(self, artifact, template, ctx) -> nn.Module:
+        """float16 tensors back into the template (float32 compute unless the config says float16)."""
+        config = self.config
         tensors, header = unpack_tensors(artifact.file("model.safetensors"), "model.safetensors")
         if header.get("dtype") != "float16":
             raise ArtifactError(f"fp16 artifact declares dtype {header.get('dtype')!r}, expected 'float16'")
@@ -102,19 +103,6 @@ class Fp16Compressor:
 
 # ---------------------------------------------------------------------------------------------
 # torch int8 (torch.ao FX graph mode PTQ)
-
-
-@dataclass(frozen=True)
-class TorchInt8Config(CompressorConfig):
-    """torch.ao FX post-training static quantization: int8 weights (per channel) and activations."""
-
-    backend: str = "x86"
-    calibration_samples: int = 512
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._check_choice("backend", ("x86", "fbgemm", "qnnpack"))
-        self._check_range("calibration_samples", 1, 1_000_000)
 
 
 def _flatten_quantized_state(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -193,15 +181,27 @@ def _fx_quantize(model: nn.Module, example: torch.Tensor, backend: str, calibrat
         return convert_fx(prepared).eval()
 
 
-@register_compressor
-class TorchInt8Compressor:
+@register_method("compressor", "torch-int8")
+class TorchInt8Compressor(Compressor):
     """torch's own int8 post-training quantization (FX graph mode, per-channel weights)."""
 
-    name = "torch-int8"
-    config_cls = TorchInt8Config
     description = "torch.ao FX static PTQ, int8 weights and activations, min-max/histogram observers"
 
-    def compress(self, model, config: TorchInt8Config, ctx: CompressionContext) -> CompressedModel:
+    @dataclass(frozen=True)
+    class Config(CompressorConfig):
+        """torch.ao FX post-training static quantization: int8 weights (per channel) and activations."""
+
+        backend: str = "x86"
+        calibration_samples: int = 512
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            self._check_choice("backend", ("x86", "fbgemm", "qnnpack"))
+            self._check_range("calibration_samples", 1, 1_000_000)
+
+    def compress(self, model, ctx: CompressionContext) -> CompressedModel:
+        """Calibrate, convert, and store the quantized state as plain tensors plus a layout."""
+        config = self.config
         torch.backends.quantized.engine = "x86" if config.backend == "fbgemm" else config.backend
         x, _ = ctx.calibration.take(config.calibration_samples)
 
@@ -220,7 +220,9 @@ class TorchInt8Compressor:
                                macs=count_macs(model, ctx.input_shape),
                                metadata={"backend": config.backend, "calibration_samples": len(x)})
 
-    def decode(self, artifact, template, config: TorchInt8Config, ctx) -> nn.Module:
+    def decode(self, artifact, template, ctx) -> nn.Module:
+        """Rebuild the quantized graph from the architecture's code and load the artifact's tensors."""
+        config = self.config
         tensors, header = unpack_tensors(artifact.file("model.safetensors"), "model.safetensors")
         if "layout" not in header:
             raise ArtifactError("torch-int8 artifact has no 'layout' header")
@@ -272,25 +274,6 @@ class QuantizedGraph(nn.Module):
 
 # ---------------------------------------------------------------------------------------------
 # Unstructured magnitude pruning, sparse + zstandard encoding
-
-
-@dataclass(frozen=True)
-class MagnitudePruneConfig(CompressorConfig):
-    """Per-layer unstructured magnitude pruning of conv/linear weights, no fine-tuning.
-
-    ``value_dtype`` is how surviving values are stored; ``zstd_level`` the entropy coder's level.
-    """
-
-    sparsity: float = 0.5
-    value_dtype: str = "float32"
-    zstd_level: int = 19
-    prune_first_layer: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._check_range("sparsity", 0.0, 1.0, hi_open=True)
-        self._check_choice("value_dtype", ("float32", "float16"))
-        self._check_range("zstd_level", 1, 22)
 
 
 def _prunable(model: nn.Module, include_first: bool) -> list[str]:
@@ -348,15 +331,33 @@ def decode_sparse_state(data: bytes, where: str) -> dict[str, torch.Tensor]:
     return state
 
 
-@register_compressor
-class MagnitudePruneCompressor:
+@register_method("compressor", "magnitude-prune")
+class MagnitudePruneCompressor(Compressor):
     """Unstructured magnitude pruning; size is a real sparse encoding (bitmask + values + zstandard)."""
 
-    name = "magnitude-prune"
-    config_cls = MagnitudePruneConfig
     description = "per-layer unstructured L1 magnitude pruning (no fine-tuning), bitmask+values+zstd encoding"
 
-    def compress(self, model, config: MagnitudePruneConfig, ctx: CompressionContext) -> CompressedModel:
+    @dataclass(frozen=True)
+    class Config(CompressorConfig):
+        """Per-layer unstructured magnitude pruning of conv/linear weights, no fine-tuning.
+
+        ``value_dtype`` is how surviving values are stored; ``zstd_level`` the entropy coder's level.
+        """
+
+        sparsity: float = 0.5
+        value_dtype: str = "float32"
+        zstd_level: int = 19
+        prune_first_layer: bool = False
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            self._check_range("sparsity", 0.0, 1.0, hi_open=True)
+            self._check_choice("value_dtype", ("float32", "float16"))
+            self._check_range("zstd_level", 1, 22)
+
+    def compress(self, model, ctx: CompressionContext) -> CompressedModel:
+        """Zero the smallest weights of each conv/linear layer; encode bitmask + values + zstd."""
+        config = self.config
         pruned = copy.deepcopy(model).eval()
         keys = _prunable(pruned, config.prune_first_layer)
         state = pruned.state_dict()
@@ -388,6 +389,7 @@ class MagnitudePruneCompressor:
                                metadata={"pruned_tensors": keys, "achieved_sparsity": zeros / max(total, 1),
                                          "params_are": "nonzero parameters", "macs_are": "dense execution"})
 
-    def decode(self, artifact, template, config: MagnitudePruneConfig, ctx) -> nn.Module:
+    def decode(self, artifact, template, ctx) -> nn.Module:
+        """The sparse state back into the template."""
         state = decode_sparse_state(artifact.file("model.sparse.zst"), "model.sparse.zst")
         return load_full_state(template, state, "model.sparse.zst").eval()

@@ -1,4 +1,4 @@
-"""Metrics of one compressed model against its anchor, and the tier gate.
+"""Metrics of one compressed model against its anchor (the tier gate is :func:`.checks.check_accuracy`).
 
 Every accuracy figure is paired: both models are evaluated on the same samples in the same order,
 so the drop's bootstrap interval and McNemar's test use the per-sample results
@@ -12,8 +12,7 @@ from typing import Any
 
 import torch
 
-from ..gates import evaluate_tier, get_tier, load_tiers
-from ..records import CheckRecord, Status, gate
+from ..gates import evaluate_tier, load_tiers
 from ..stats import mean_kl_divergence, paired_comparison, top1_agreement, worst_class_drop
 
 
@@ -81,28 +80,3 @@ def compute_metrics(ref_logits: torch.Tensor, new_logits: torch.Tensor, labels: 
         bytes_ref=bytes_ref, bytes=nbytes, compression_ratio=bytes_ref / nbytes if nbytes else float("inf"),
         params_ref=params_ref, params=params, macs_ref=macs_ref, macs=macs, tiers_met=tiers,
         tier_reasons={name: r.reason for name, r in results.items()}, best_tier=best)
-
-
-def accuracy_record(subject: str, metrics: CompressionMetrics, claimed_tier: str | None, *, smoke: bool = False,
-                    details: dict | None = None) -> CheckRecord:
-    """The case's gate: PASS/FAIL against the claimed tier; INFO when nothing is claimed or the data is a smoke set."""
-    d = {"metrics": metrics.to_dict(), **(details or {})}
-    summary = (f"top-1 {metrics.acc:.4f} vs {metrics.acc_ref:.4f} (delta {metrics.delta:+.4f}, 95% CI "
-               f"{metrics.delta_ci95[0]:+.4f}..{metrics.delta_ci95[1]:+.4f}), agreement {metrics.agreement:.4f}, "
-               f"{metrics.bytes} bytes ({metrics.compression_ratio:.2f}x smaller), best tier met: "
-               f"{metrics.best_tier or 'none'}")
-    if smoke:
-        return CheckRecord("compression.accuracy", subject, Status.INFO, measured=metrics.agreement,
-                           expected=claimed_tier, message=f"SMOKE CHECK on {metrics.samples} images, accuracy not "
-                           f"gated: {summary}", criterion="compression", details=d)
-    if claimed_tier is None:
-        return CheckRecord("compression.accuracy", subject, Status.INFO, measured=metrics.best_tier,
-                           expected=None, message=f"no tier claimed; {summary}", criterion="compression", details=d)
-    tier = get_tier(claimed_tier)
-    ok = metrics.tiers_met[claimed_tier]
-    margin = tier.margin(metrics.acc_ref)
-    drop_hi = -metrics.delta_ci95[0]
-    reason = f"claimed tier {claimed_tier!r} {'met' if ok else 'NOT met'}: {metrics.tier_reasons[claimed_tier]}"
-    return gate("compression.accuracy", subject, ok, measured={"drop": -metrics.delta, "drop_ci95_upper": drop_hi},
-                expected=claimed_tier, tolerance=margin, message=f"{reason}; {summary}", criterion="compression",
-                details=d)

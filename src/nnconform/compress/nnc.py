@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import (Artifact, ArtifactError, CompressedModel, CompressionContext, CompressionError,
-                   CompressorConfig, CompressorUnavailable, register_compressor)
+from ..kit import register_method
+from .base import (Artifact, ArtifactError, CompressedModel, CompressionContext, CompressionError, Compressor,
+                   CompressorConfig, CompressorUnavailable)
 from .serialize import load_full_state
 
 INSTALL = ("pip install --no-deps nncodec==2.1.3 && pip install h5py ptflops torchmetrics "
@@ -34,22 +35,6 @@ def _nnc():
     except ImportError as exc:
         raise CompressorUnavailable(f"MPEG NNC needs the nncodec package ({exc}); install it with: {INSTALL}") from None
     return compression
-
-
-@dataclass(frozen=True)
-class NncConfig(CompressorConfig):
-    """NNC uniform quantization + DeepCABAC: ``qp`` for weights, ``nonweight_qp`` for the rest."""
-
-    qp: int = -38
-    nonweight_qp: int = -75
-    qp_density: int = 2
-    use_dq: bool = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._check_range("qp", -128, 0)
-        self._check_range("nonweight_qp", -128, 0)
-        self._check_range("qp_density", 0, 7)
 
 
 def _params_for_nnc(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -71,15 +56,30 @@ def _quiet():
         yield
 
 
-@register_compressor
-class NncCompressor:
+@register_method("compressor", "nnc")
+class NncCompressor(Compressor):
     """MPEG NNC weight coding (nncodec 2.x): the bitstream is the artifact."""
 
-    name = "nnc"
-    config_cls = NncConfig
     description = "MPEG NNC (ISO/IEC 15938-17) uniform quantization + DeepCABAC via nncodec"
 
-    def compress(self, model, config: NncConfig, ctx: CompressionContext) -> CompressedModel:
+    @dataclass(frozen=True)
+    class Config(CompressorConfig):
+        """NNC uniform quantization + DeepCABAC: ``qp`` for weights, ``nonweight_qp`` for the rest."""
+
+        qp: int = -38
+        nonweight_qp: int = -75
+        qp_density: int = 2
+        use_dq: bool = True
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            self._check_range("qp", -128, 0)
+            self._check_range("nonweight_qp", -128, 0)
+            self._check_range("qp_density", 0, 7)
+
+    def compress(self, model, ctx: CompressionContext) -> CompressedModel:
+        """The NNC bitstream of the state dict; the method's own model is the encoder's reconstruction."""
+        config = self.config
         nnc = _nnc()
         params = _params_for_nnc(model.state_dict())
         kwargs = dict(bitstream_path=None, qp=config.qp, qp_density=config.qp_density,
@@ -102,7 +102,8 @@ class NncCompressor:
                                metadata={"qp": config.qp, "nonweight_qp": config.nonweight_qp,
                                          "tensors": len(params)})
 
-    def decode(self, artifact, template, config: NncConfig, ctx) -> nn.Module:
+    def decode(self, artifact, template, ctx) -> nn.Module:
+        """Run NNC's decoder on the bitstream and load the tensors into the template."""
         nnc = _nnc()
         data = artifact.file("model.nnc")
         try:
