@@ -50,7 +50,7 @@ def test_cache_hits_and_recomputes_corrupt_entries(fmnist_test, tmp_path):
     fresh = Evaluator(tmp_path)
     again = fresh.evaluate(model, data, PRE)
     assert fresh.hits == 1 and torch.equal(first.logits, again.logits)
-    entry = next((tmp_path / "eval").glob("*.safetensors"))
+    entry = next((tmp_path / "eval").glob("*/logits.safetensors"))
     raw = bytearray(entry.read_bytes())
     raw[-5] ^= 0xFF  # flip a bit in the stored logits
     entry.write_bytes(bytes(raw))

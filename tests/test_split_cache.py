@@ -63,7 +63,7 @@ def test_warm_study_reads_back_identical_results(graph, tmp_path):
     CALLS["encode"] = 0
     cold = _study(graph, cache)
     assert CALLS["encode"] >= 16
-    files = sorted((tmp_path / "split").glob("*.safetensors"))
+    files = sorted((tmp_path / "split").glob("*/result.safetensors"))
     assert len(files) == 2
     CALLS["encode"] = 0
     warm = _study(graph, cache)
@@ -82,14 +82,16 @@ def test_warm_study_reads_back_identical_results(graph, tmp_path):
 def test_damaged_or_short_files_are_recomputed(graph, tmp_path):
     cache = SplitResultCache(tmp_path, {"model": "m"}, 16)
     _study(graph, cache)
-    for f in (tmp_path / "split").glob("*.safetensors"):
+    for f in (tmp_path / "split").glob("*/result.safetensors"):
         f.write_bytes(f.read_bytes()[:40])
     CALLS["encode"] = 0
-    again = _study(graph, cache)
+    with pytest.warns(UserWarning, match=r"split result cache entry .* is corrupt \(file 'result.safetensors' has"):
+        again = _study(graph, cache)
     assert CALLS["encode"] >= 16 and all(r.ok for r in again.coded.values())
     # a cache that expects more samples than a stored result holds ignores it
     CALLS["encode"] = 0
-    _study(graph, SplitResultCache(tmp_path, {"model": "m"}, 17))
+    with pytest.warns(UserWarning, match="covers 16 samples, this stream has 17"):
+        _study(graph, SplitResultCache(tmp_path, {"model": "m"}, 17))
     assert CALLS["encode"] >= 16
 
 

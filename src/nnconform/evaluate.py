@@ -2,27 +2,25 @@
 
 A result is keyed by content fingerprints: the module's class and exact state, the dataset's
 fingerprint, the preprocessing and the batch size. Parametrized cases that evaluate the same
-model on the same data share one forward pass. Cache writes are atomic (write, then rename)
-and every read is verified against the sha256 stored beside the data; a corrupt entry is
-recomputed, never trusted.
+model on the same data share one forward pass. Entries live in a :class:`~nnconform.store.ContentStore`
+(``<cache>/eval/<key>/``): published atomically, safe under concurrent runs, and every byte verified
+on read; a corrupt entry is warned about, recomputed and replaced, never trusted.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 
 from .data import ImageDataset, Preprocess
 from .hashing import module_sha256, sha256_bytes
+from .store import ContentStore
 
 ENGINE_VERSION = "1"
 DEFAULT_BATCH_SIZE = 250  # fixed: results must not depend on a user's choice of batch size
@@ -81,54 +79,39 @@ def cache_key(model: torch.nn.Module, dataset: ImageDataset, preprocess: Preproc
     return sha256_bytes(json.dumps(spec, sort_keys=True).encode())
 
 
-def _payload_digest(logits: torch.Tensor, labels: torch.Tensor) -> str:
-    return sha256_bytes(logits.contiguous().numpy().tobytes() + labels.contiguous().numpy().tobytes())
-
-
 class Evaluator:
     """Evaluates models on datasets, caching results in memory and on disk."""
 
     def __init__(self, cache_dir: str | Path | None, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
         self.cache_dir = Path(cache_dir) / "eval" if cache_dir else None
+        self.store = ContentStore(self.cache_dir, "evaluation cache") if self.cache_dir else None
         self.batch_size = batch_size
         self._memory: dict[str, EvalResult] = {}
         self.hits = self.misses = self.recomputed = 0
 
-    def _path(self, key: str) -> Path:
-        assert self.cache_dir is not None
-        return self.cache_dir / f"{key}.safetensors"
-
-    def _read(self, key: str) -> EvalResult | None:
-        path = self._path(key)
-        if not path.is_file():
+    def _read(self, key: str, num_samples: int) -> EvalResult | None:
+        assert self.store is not None
+        entry = self.store.get(key)
+        if entry is None:
+            self.recomputed = self.store.stats.corrupt
             return None
         try:
-            tensors = load_file(str(path))
-            from safetensors import safe_open
-
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
+            tensors = load(entry.files["logits.safetensors"])
             logits, labels = tensors["logits"], tensors["labels"]
-            if meta.get("key") != key or meta.get("payload_sha256") != _payload_digest(logits, labels):
-                raise ValueError("fingerprint mismatch")
-        except (SafetensorError, KeyError, ValueError, OSError) as exc:
-            warnings.warn(f"evaluation cache entry {path} is corrupt ({exc}); recomputing", stacklevel=3)
-            self.recomputed += 1
+            if logits.ndim != 2 or tuple(labels.shape) != (num_samples,) or logits.shape[0] != num_samples:
+                raise ValueError(f"logits {tuple(logits.shape)} / labels {tuple(labels.shape)} do not cover "
+                                 f"{num_samples} samples")
+        except (SafetensorError, KeyError, ValueError) as exc:  # verified bytes, wrong content: a foreign entry
+            self.store.report_corrupt(key, f"{type(exc).__name__}: {exc}")
+            self.recomputed = self.store.stats.corrupt
             return None
         return EvalResult(logits, labels, key)
 
     def _write(self, result: EvalResult) -> None:
-        path = self._path(result.key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"logits": result.logits.contiguous(), "labels": result.labels.contiguous()}, tmp,
-                      metadata={"key": result.key, "payload_sha256": _payload_digest(result.logits, result.labels)})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        assert self.store is not None
+        self.store.put(result.key, {"logits.safetensors": save({"logits": result.logits.contiguous(),
+                                                                 "labels": result.labels.contiguous()})},
+                       {"engine": ENGINE_VERSION, "samples": int(result.labels.shape[0])})
 
     def evaluate(self, model: torch.nn.Module, dataset: ImageDataset, preprocess: Preprocess) -> EvalResult:
         """Logits and correctness of ``model`` on ``dataset``; one forward pass per distinct content."""
@@ -136,12 +119,12 @@ class Evaluator:
         if key in self._memory:
             self.hits += 1
             return self._memory[key]
-        result = self._read(key) if self.cache_dir else None
+        result = self._read(key, len(dataset)) if self.store else None
         if result is None:
             self.misses += 1
             logits = forward_logits(model, dataset, preprocess, self.batch_size)
             result = EvalResult(logits, dataset.labels.clone(), key)
-            if self.cache_dir and bool(torch.isfinite(logits).all()):
+            if self.store and bool(torch.isfinite(logits).all()):
                 self._write(result)
         else:
             self.hits += 1
