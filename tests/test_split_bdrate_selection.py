@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from nnconform.split import bd_quality, bd_rate, end_to_end, load_split_manifest, select_split, upper_envelope
 from nnconform.split.manifest import (ComputeProfile, Kpi, LinkProfile, SplitManifestError, parse_split_manifest)
-from nnconform.split.runner import auto_cuts, coded_cases, coded_cuts
+from nnconform.split.runs import auto_cuts, coded_cases, coded_cuts
 from nnconform.split.selection import DEVICE_ONLY, SERVER_ONLY, Candidate, bounds
 
 curves = st.lists(st.tuples(st.floats(10, 1e6), st.floats(0.05, 0.99)), min_size=2, max_size=8)

@@ -12,7 +12,7 @@ from nnconform.split import FEATURE_CODECS, RawCodec, SplitGraph, run_study
 from nnconform.hashing import class_source_sha256
 from nnconform.split.cache import SplitResultCache
 from nnconform.split.manifest import OperatingPoint
-from nnconform.split.runner import torch_threads
+from nnconform.split.runs import torch_threads
 from nnconform.zoo import build_architecture
 
 FMNIST = (1, 28, 28)

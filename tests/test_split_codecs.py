@@ -10,10 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from nnconform import kit
 from nnconform.split import (FEATURE_CODECS, CodecInputError, HalfCodec, PayloadError, RawCodec, TiledImageCodec,
-                             TopKCodec, UniformQuantCodec, check_deterministic, check_roundtrip)
+                             TopKCodec, UniformQuantCodec, check_deterministic, check_roundtrip, make_codec)
 from nnconform.split.codecs import tile_layout
-from nnconform.split.runner import torch_threads
+from nnconform.split.runs import torch_threads
 
 
 @pytest.fixture(autouse=True)
@@ -24,9 +25,10 @@ def _one_thread():
 
 
 REFERENCE = [RawCodec(), HalfCodec()] + [
-    UniformQuantCodec(bits=b, granularity=g) for b in (8, 6, 4, 2, 1, 12) for g in ("per-tensor", "per-channel")
-] + [TopKCodec(keep=k) for k in (1.0, 0.5, 0.05)] + [
-    TiledImageCodec("png"), TiledImageCodec("png", bits=16), TiledImageCodec("webp", 75), TiledImageCodec("jpeg", 50),
+    make_codec("uniform", {"bits": b, "granularity": g}) for b in (8, 6, 4, 2, 1, 12) for g in ("per-tensor", "per-channel")
+] + [make_codec("topk", {"keep": k}) for k in (1.0, 0.5, 0.05)] + [
+    make_codec("image", {"format": "png"}), make_codec("image", {"format": "png", "bits": 16}),
+    make_codec("image", {"format": "webp", "quality": 75}), make_codec("image", {"format": "jpeg", "quality": 50}),
 ]
 IDS = [str(c.to_dict()) for c in REFERENCE]
 
@@ -79,14 +81,14 @@ def test_round_trip(codec, x):
         clipped = x.clamp(-65504, 65504)
         assert torch.equal(y, clipped.half().float())
     elif isinstance(codec, UniformQuantCodec):
-        _assert_within_quantisation(x, y, codec.bits, codec.granularity == "per-channel")
-    elif isinstance(codec, TiledImageCodec) and codec.format == "png":
-        _assert_within_quantisation(x, y, codec.bits, False)
+        _assert_within_quantisation(x, y, codec.config.bits, codec.config.granularity == "per-channel")
+    elif isinstance(codec, TiledImageCodec) and codec.config.format == "png":
+        _assert_within_quantisation(x, y, codec.config.bits, False)
     elif isinstance(codec, TiledImageCodec):
         assert y.min() >= x.min() and y.max() <= x.max()
     elif isinstance(codec, TopKCodec):
         kept = y != 0
-        assert int(kept.sum()) <= int(np.ceil(codec.keep * x.numel()))
+        assert int(kept.sum()) <= int(np.ceil(codec.config.keep * x.numel()))
         if kept.any() and (~kept).any():
             assert x[kept].abs().min() >= x[~kept].abs().max(), "a dropped element outweighs a kept one"
         assert torch.equal(y[kept], x[kept].clamp(-65504, 65504).half().float())
@@ -96,8 +98,8 @@ def test_round_trip(codec, x):
 def test_constant_and_zero_tensors_survive(codec):
     for x in (torch.zeros(4, 3, 3), torch.full((4, 3, 3), 2.5)):
         _, y = check_roundtrip(codec, x)
-        lossy_on_constants = (isinstance(codec, TiledImageCodec) and codec.format != "png") or (
-            isinstance(codec, TopKCodec) and codec.keep < 1 and bool(x.any()))
+        lossy_on_constants = (isinstance(codec, TiledImageCodec) and codec.config.format != "png") or (
+            isinstance(codec, TopKCodec) and codec.config.keep < 1 and bool(x.any()))
         if not lossy_on_constants:
             assert torch.equal(x, y), codec
 
@@ -140,7 +142,7 @@ def test_foreign_payload_is_refused(codec):
 
 
 def test_corrupt_entropy_coded_body_is_refused():
-    codec = UniformQuantCodec(bits=4)
+    codec = make_codec("uniform", {"bits": 4})
     payload = bytearray(codec.encode(torch.randn(8, 5, 5)))
     body = 5 + 1 + 8  # tag, ndim, three one-byte dims; packing flag; one float32 range
     payload[body:body + 4] = b"\xff" * 4  # the zstd frame's magic number
@@ -150,7 +152,7 @@ def test_corrupt_entropy_coded_body_is_refused():
 
 def test_rates_fall_with_bits():
     x = torch.relu(torch.randn(32, 14, 14, generator=torch.Generator().manual_seed(0)))
-    sizes = [len(UniformQuantCodec(bits=b).encode(x)) for b in (8, 6, 4, 2)]
+    sizes = [len(make_codec("uniform", {"bits": b}).encode(x)) for b in (8, 6, 4, 2)]
     assert sizes == sorted(sizes, reverse=True)
     assert len(RawCodec().encode(x)) > len(HalfCodec().encode(x)) > sizes[0]
 
@@ -178,12 +180,40 @@ def test_registry_holds_reference_codecs_and_suggests_names():
     (TiledImageCodec, {"quality": 0}, "quality must be an integer in 1..100"),
 ])
 def test_invalid_configuration_names_the_value(factory, kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        factory(**kwargs)
+    with pytest.raises(kit.ConfigError, match=match):
+        factory.Config(**kwargs)
+    with pytest.raises(kit.ConfigError, match=match):
+        make_codec(factory.name, kwargs)
+
+
+@pytest.mark.parametrize("name, params, match", [
+    ("uniform", {"bitz": 4}, r"unknown config field\(s\) \['bitz'\]"),
+    ("uniform", {"bits": "8"}, "bits must be an integer in 1..16, got '8'"),
+    ("uniform", {"bits": True}, "bits must be an integer"),
+    ("uniform", {"version": 2}, "config version 2 is not supported"),
+    ("image", {"quality": 75.0}, "quality must be an integer"),
+])
+def test_make_refuses_unknown_fields_types_and_versions(name, params, match):
+    with pytest.raises(kit.ConfigError, match=match):
+        make_codec(name, params)
+
+
+def test_codecs_are_kit_methods_with_nested_frozen_configs():
+    import dataclasses
+
+    for name in ("raw", "fp16", "uniform", "topk", "image"):
+        cls = kit.method_class("feature-codec", name)
+        assert cls.Config.method == name and cls.name == name
+        assert dataclasses.fields(cls.Config)[0].name == "version"
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            cls.Config().version = 2
+    assert kit.registry("feature-codec") is FEATURE_CODECS
+    assert PayloadError is kit.PayloadError
 
 
 def test_config_round_trips_to_dict():
-    c = UniformQuantCodec(bits=6, granularity="per-channel")
+    c = make_codec("uniform", {"bits": 6, "granularity": "per-channel"})
     d = c.to_dict()
     assert d == {"codec": "uniform", "bits": 6, "granularity": "per-channel", "zstd_level": 3, "version": 1}
-    assert UniformQuantCodec(**{k: v for k, v in d.items() if k != "codec"}) == c
+    assert UniformQuantCodec(UniformQuantCodec.Config.from_dict(c.config.to_dict())) == c
+    assert make_codec("uniform", {k: v for k, v in d.items() if k != "codec"}) == c

@@ -11,7 +11,7 @@ from torch import nn
 from nnconform.profile import count_macs, count_params
 from nnconform.split import SplitGraph, SplitTraceError, profile_cuts, resolution_scaling
 from nnconform.split.onnx_check import OnnxComparison, onnx_roundtrip
-from nnconform.split.runner import torch_threads
+from nnconform.split.runs import torch_threads
 from nnconform.zoo import build_architecture
 
 

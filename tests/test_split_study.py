@@ -11,7 +11,7 @@ import torch
 
 from nnconform.split import HalfCodec, RawCodec, SplitGraph, profile_cuts, run_study
 from nnconform.split.manifest import OperatingPoint
-from nnconform.split.runner import torch_threads
+from nnconform.split.runs import torch_threads
 from nnconform.zoo import build_architecture
 
 

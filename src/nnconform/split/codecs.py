@@ -5,9 +5,12 @@ A feature codec turns the tensor one sample hands over at a split point (``[C, H
 quantisation parameters travel inside it and count towards the rate. Only the codec's own
 configuration (bits, quality, ...) is agreed out of band, as a session would signal it once.
 
-Reference codecs are small frozen dataclasses with a ``version``; the registry maps a name to
-the class, and the operating points in ``anchors/split.toml`` give the keyword arguments.
-A proposal registers its own factory under the entry-point group ``nnconform.feature_codecs``.
+Every codec is a method of the kit's ``feature-codec`` kind: a class registered with
+``@kit.register_method("feature-codec", name)`` holding a nested frozen ``Config``
+(:class:`~nnconform.kit.MethodConfig`: ``VERSION``, ``__post_init__`` checks), built with
+``kit.make("feature-codec", name, params)`` from an operating point of ``anchors/split.toml``.
+A proposal registers its own class the same way (or under the entry-point group
+``nnconform.feature_codecs``).
 """
 
 from __future__ import annotations
@@ -15,38 +18,72 @@ from __future__ import annotations
 import io
 import math
 import struct
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..registry import Registry
+from .. import kit
+from ..kit import MethodConfig, PayloadError
+
+KIND = "feature-codec"
+#: The registry of the ``feature-codec`` method kind (entry-point group ``nnconform.feature_codecs``).
+REGISTRY = kit.method_kind(KIND, "nnconform.feature_codecs")
+#: The former name of :data:`REGISTRY`.
+FEATURE_CODECS = REGISTRY
 
 
-@runtime_checkable
-class FeatureCodec(Protocol):
-    """What the conformance run needs from a feature codec."""
+class FeatureCodec:
+    """Base of feature codecs: ``__init__(config)`` keeps the nested frozen ``Config``; subclasses implement
+    ``encode`` (one sample's tensor -> a self-contained payload) and ``decode`` (payload -> the tensor)."""
+
+    name: str = ""
+
+    @dataclass(frozen=True)
+    class Config(MethodConfig):
+        """A codec without parameters."""
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        self.config = self.Config() if config is None else config
+        if not isinstance(self.config, self.Config):
+            raise kit.ConfigError(f"{self.name or type(self).__name__}: expected a {self.Config.__qualname__}, "
+                                  f"got {type(self.config).__name__}")
+
+    @property
+    def lossless(self) -> bool:
+        """True when decode(encode(x)) must equal x exactly."""
+        return False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration, as a report embeds it."""
+        return {"codec": self.name, **{k: v for k, v in self.config.to_dict().items() if k != "method"}}
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.config == self.config
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.config))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r})"
 
     def encode(self, tensor: torch.Tensor) -> bytes:
         """One sample's intermediate tensor -> a self-contained payload."""
-        ...
+        raise NotImplementedError
 
     def decode(self, payload: bytes) -> torch.Tensor:
         """A payload from :meth:`encode` -> a tensor of the original shape and dtype."""
-        ...
+        raise NotImplementedError
 
 
-#: name -> factory called with an operating point's parameters; returns a :class:`FeatureCodec`.
-FEATURE_CODECS: Registry[Callable[..., FeatureCodec]] = Registry("feature codec", "nnconform.feature_codecs")
+def make_codec(name: str, params: dict[str, Any] | None = None) -> FeatureCodec:
+    """A registered feature codec built from an operating point's parameters (``kit.make``)."""
+    return kit.make(KIND, name, params)
 
 
 class CodecInputError(ValueError):
     """The tensor given to a codec cannot be coded (non-finite values, wrong dtype)."""
-
-
-class PayloadError(ValueError):
-    """A payload is not one this codec wrote (truncated, wrong tag, inconsistent header)."""
 
 
 class CodecContractError(AssertionError):
@@ -196,33 +233,18 @@ def _unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
     return (planes.astype(np.uint16) * weights).sum(axis=1).astype(np.uint16)
 
 
-class _ReferenceCodec:
-    """Common plumbing of the reference codecs: ``name``, ``lossless``, ``to_dict``."""
-
-    name: str = ""
-    tag: int = 0
-
-    @property
-    def lossless(self) -> bool:
-        """True when decode(encode(x)) must equal x exactly."""
-        return False
-
-    def to_dict(self) -> dict[str, Any]:
-        """The configuration, as a report embeds it."""
-        return {"codec": self.name, **asdict(self)}
-
-
 # ---------------------------------------------------------------------------------------------
 # Reference codecs
 
 
-@FEATURE_CODECS.register("raw")
-@dataclass(frozen=True)
-class RawCodec(_ReferenceCodec):
+@kit.register_method(KIND, "raw")
+class RawCodec(FeatureCodec):
     """Uncoded float32 (little-endian): the anchor every other codec is measured against."""
 
-    version: int = 1
-    name = "raw"
+    @dataclass(frozen=True)
+    class Config(MethodConfig):
+        """No parameters."""
+
     tag = 0xA1
 
     @property
@@ -242,13 +264,14 @@ class RawCodec(_ReferenceCodec):
         return torch.from_numpy(np.frombuffer(body, dtype="<f4").astype(np.float32).reshape(shape))
 
 
-@FEATURE_CODECS.register("fp16")
-@dataclass(frozen=True)
-class HalfCodec(_ReferenceCodec):
+@kit.register_method(KIND, "fp16")
+class HalfCodec(FeatureCodec):
     """IEEE half precision; values beyond +-65504 saturate (never inf)."""
 
-    version: int = 1
-    name = "fp16"
+    @dataclass(frozen=True)
+    class Config(MethodConfig):
+        """No parameters."""
+
     tag = 0xA2
 
     def encode(self, tensor: torch.Tensor) -> bytes:
@@ -268,6 +291,10 @@ class HalfCodec(_ReferenceCodec):
 GRANULARITIES = ("per-tensor", "per-channel")
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _channels(arr: np.ndarray, granularity: str) -> np.ndarray:
     """Rows to quantise independently: channels (axis 0) of a >= 2-D tensor, else one row."""
     if granularity == "per-channel" and arr.ndim >= 2:
@@ -275,41 +302,44 @@ def _channels(arr: np.ndarray, granularity: str) -> np.ndarray:
     return arr.reshape(1, -1)
 
 
-@FEATURE_CODECS.register("uniform")
-@dataclass(frozen=True)
-class UniformQuantCodec(_ReferenceCodec):
+@kit.register_method(KIND, "uniform")
+class UniformQuantCodec(FeatureCodec):
     """Uniform min-max quantisation to ``bits`` bits, entropy-coded with zstandard.
 
     ``per-channel`` keeps a range per channel (axis 0 of ``[C, H, W]``); a 1-D tensor is one
     channel. Levels are bit-packed or left one per byte, whichever zstd codes smaller (one flag byte).
     """
 
-    bits: int = 8
-    granularity: str = "per-tensor"
-    zstd_level: int = 3
-    version: int = 1
-    name = "uniform"
-    tag = 0xA3
+    @dataclass(frozen=True)
+    class Config(MethodConfig):
+        """Bits per level, range granularity, zstandard level."""
 
-    def __post_init__(self) -> None:
-        if not (isinstance(self.bits, int) and 1 <= self.bits <= 16):
-            raise ValueError(f"uniform: bits must be an integer in 1..16, got {self.bits!r}")
-        if self.granularity not in GRANULARITIES:
-            raise ValueError(f"uniform: granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
-        if not 1 <= self.zstd_level <= 22:
-            raise ValueError(f"uniform: zstd_level must be in 1..22, got {self.zstd_level!r}")
+        bits: int = 8
+        granularity: str = "per-tensor"
+        zstd_level: int = 3
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if not (_is_int(self.bits) and 1 <= self.bits <= 16):
+                raise kit.ConfigError(f"uniform: bits must be an integer in 1..16, got {self.bits!r}")
+            if self.granularity not in GRANULARITIES:
+                raise kit.ConfigError(f"uniform: granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
+            if not (_is_int(self.zstd_level) and 1 <= self.zstd_level <= 22):
+                raise kit.ConfigError(f"uniform: zstd_level must be an integer in 1..22, got {self.zstd_level!r}")
+
+    tag = 0xA3
 
     def encode(self, tensor: torch.Tensor) -> bytes:
         arr = as_finite_array(tensor, self.name)
-        rows = _channels(arr, self.granularity)
+        rows = _channels(arr, self.config.granularity)
         lo, hi = rows.min(axis=1), rows.max(axis=1)
-        q = _quantize(rows, lo, hi, self.bits)
-        if self.bits <= 8:
-            plain = _zstd_compress(q.astype(np.uint8).tobytes(), self.zstd_level)
-            packed = _zstd_compress(_pack_bits(q, self.bits), self.zstd_level)
+        q = _quantize(rows, lo, hi, self.config.bits)
+        if self.config.bits <= 8:
+            plain = _zstd_compress(q.astype(np.uint8).tobytes(), self.config.zstd_level)
+            packed = _zstd_compress(_pack_bits(q, self.config.bits), self.config.zstd_level)
             flag, body = (1, packed) if len(packed) < len(plain) else (0, plain)
         else:
-            flag, body = 2, _zstd_compress(q.astype("<u2").tobytes(), self.zstd_level)
+            flag, body = 2, _zstd_compress(q.astype("<u2").tobytes(), self.config.zstd_level)
         ranges = np.stack([lo, hi], axis=1).astype("<f4").tobytes()
         return _header(self.tag, arr.shape) + bytes([flag]) + ranges + body
 
@@ -318,54 +348,57 @@ class UniformQuantCodec(_ReferenceCodec):
         shape = _read_header(r, self.tag)
         (flag,) = r.take(1)
         n = math.prod(shape)
-        rows = shape[0] if self.granularity == "per-channel" and len(shape) >= 2 else 1
+        rows = shape[0] if self.config.granularity == "per-channel" and len(shape) >= 2 else 1
         ranges = np.frombuffer(r.take(8 * rows), dtype="<f4").astype(np.float32).reshape(rows, 2)
         lo, hi = ranges[:, 0], ranges[:, 1]
         for a, b in ranges:
             _check_finite_range(float(a), float(b), self.name)
         body = r.rest()
-        if flag == 0 and self.bits <= 8:
+        if flag == 0 and self.config.bits <= 8:
             q = np.frombuffer(_zstd_decompress(body, self.name, n), dtype=np.uint8)
-        elif flag == 1 and self.bits <= 8:
-            q = _unpack_bits(_zstd_decompress(body, self.name, (n * self.bits + 7) // 8), self.bits, n)
-        elif flag == 2 and self.bits > 8:
+        elif flag == 1 and self.config.bits <= 8:
+            q = _unpack_bits(_zstd_decompress(body, self.name, (n * self.config.bits + 7) // 8), self.config.bits, n)
+        elif flag == 2 and self.config.bits > 8:
             q = np.frombuffer(_zstd_decompress(body, self.name, 2 * n), dtype="<u2")
         else:
-            raise PayloadError(f"{self.name}: packing flag {flag} is invalid for {self.bits}-bit levels")
-        if q.size and int(q.max()) > (1 << self.bits) - 1:
-            raise PayloadError(f"{self.name}: level {int(q.max())} exceeds {self.bits} bits")
-        out = _dequantize(q.reshape(rows, -1), lo, hi, self.bits)
+            raise PayloadError(f"{self.name}: packing flag {flag} is invalid for {self.config.bits}-bit levels")
+        if q.size and int(q.max()) > (1 << self.config.bits) - 1:
+            raise PayloadError(f"{self.name}: level {int(q.max())} exceeds {self.config.bits} bits")
+        out = _dequantize(q.reshape(rows, -1), lo, hi, self.config.bits)
         return torch.from_numpy(out.reshape(shape))
 
 
-@FEATURE_CODECS.register("topk")
-@dataclass(frozen=True)
-class TopKCodec(_ReferenceCodec):
+@kit.register_method(KIND, "topk")
+class TopKCodec(FeatureCodec):
     """Top-k sparsification: the ``keep`` fraction of largest-magnitude non-zero elements, as
     float16 values plus a bit mask of their positions, entropy-coded with zstandard."""
 
-    keep: float = 0.25
-    zstd_level: int = 3
-    version: int = 1
-    name = "topk"
-    tag = 0xA4
+    @dataclass(frozen=True)
+    class Config(MethodConfig):
+        """Fraction of elements kept, zstandard level."""
 
-    def __post_init__(self) -> None:
-        if not (isinstance(self.keep, (int, float)) and 0 < self.keep <= 1):
-            raise ValueError(f"topk: keep must be a fraction in (0, 1], got {self.keep!r}")
-        if not 1 <= self.zstd_level <= 22:
-            raise ValueError(f"topk: zstd_level must be in 1..22, got {self.zstd_level!r}")
+        keep: float = 0.25
+        zstd_level: int = 3
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if not (isinstance(self.keep, (int, float)) and not isinstance(self.keep, bool) and 0 < self.keep <= 1):
+                raise kit.ConfigError(f"topk: keep must be a fraction in (0, 1], got {self.keep!r}")
+            if not (_is_int(self.zstd_level) and 1 <= self.zstd_level <= 22):
+                raise kit.ConfigError(f"topk: zstd_level must be an integer in 1..22, got {self.zstd_level!r}")
+
+    tag = 0xA4
 
     def encode(self, tensor: torch.Tensor) -> bytes:
         arr = as_finite_array(tensor, self.name)
         flat = arr.reshape(-1)
-        k = min(int(math.ceil(self.keep * flat.size)), int(np.count_nonzero(flat)))
+        k = min(int(math.ceil(self.config.keep * flat.size)), int(np.count_nonzero(flat)))
         order = np.argsort(-np.abs(flat), kind="stable")[:k]
         mask = np.zeros(flat.size, dtype=bool)
         mask[order] = True
         half_max = float(np.finfo(np.float16).max)
         values = np.clip(flat[mask], -half_max, half_max).astype("<f2")
-        body = _zstd_compress(np.packbits(mask).tobytes() + values.tobytes(), self.zstd_level)
+        body = _zstd_compress(np.packbits(mask).tobytes() + values.tobytes(), self.config.zstd_level)
         return _header(self.tag, arr.shape) + _varint(k) + body
 
     def decode(self, payload: bytes) -> torch.Tensor:
@@ -423,27 +456,30 @@ def _from_tiles(img: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return planes[: math.prod(shape)]
 
 
-@FEATURE_CODECS.register("image")
-@dataclass(frozen=True)
-class TiledImageCodec(_ReferenceCodec):
+@kit.register_method(KIND, "image")
+class TiledImageCodec(FeatureCodec):
     """Channel-tiled image coding with Pillow: min-max quantisation to 8 bits (16 for PNG at
     ``bits=16``), channels tiled into one grey frame, then PNG (lossless), WebP or JPEG."""
 
-    format: str = "png"
-    quality: int = 90
-    bits: int = 8
-    version: int = 1
-    name = "image"
-    tag = 0xA5
+    @dataclass(frozen=True)
+    class Config(MethodConfig):
+        """Image format, quality (WebP/JPEG), bits of the quantised frame."""
 
-    def __post_init__(self) -> None:
-        if self.format not in IMAGE_FORMATS:
-            raise ValueError(f"image: format must be one of {IMAGE_FORMATS}, got {self.format!r}")
-        if not (isinstance(self.quality, int) and 1 <= self.quality <= 100):
-            raise ValueError(f"image: quality must be an integer in 1..100, got {self.quality!r}")
-        if self.bits not in (8, 16) or (self.bits == 16 and self.format != "png"):
-            raise ValueError(f"image: bits must be 8, or 16 with format='png'; got bits={self.bits!r} "
-                             f"with format={self.format!r}")
+        format: str = "png"
+        quality: int = 90
+        bits: int = 8
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.format not in IMAGE_FORMATS:
+                raise kit.ConfigError(f"image: format must be one of {IMAGE_FORMATS}, got {self.format!r}")
+            if not (_is_int(self.quality) and 1 <= self.quality <= 100):
+                raise kit.ConfigError(f"image: quality must be an integer in 1..100, got {self.quality!r}")
+            if not _is_int(self.bits) or self.bits not in (8, 16) or (self.bits == 16 and self.format != "png"):
+                raise kit.ConfigError(f"image: bits must be 8, or 16 with format='png'; got bits={self.bits!r} "
+                                      f"with format={self.format!r}")
+
+    tag = 0xA5
 
     def encode(self, tensor: torch.Tensor) -> bytes:
         from PIL import Image
@@ -451,19 +487,19 @@ class TiledImageCodec(_ReferenceCodec):
         arr = as_finite_array(tensor, self.name)
         flat = arr.reshape(1, -1)
         lo, hi = flat.min(axis=1), flat.max(axis=1)
-        q = _quantize(flat, lo, hi, self.bits)
+        q = _quantize(flat, lo, hi, self.config.bits)
         tiles = _to_tiles(q, arr.shape)
         buf = io.BytesIO()
-        if self.bits == 16:
+        if self.config.bits == 16:
             Image.fromarray(tiles.astype(np.uint16)).save(buf, format="PNG")
         else:
             im = Image.fromarray(tiles.astype(np.uint8), mode="L")
-            if self.format == "png":
+            if self.config.format == "png":
                 im.save(buf, format="PNG")
-            elif self.format == "webp":
-                im.save(buf, format="WEBP", quality=self.quality, method=4)
+            elif self.config.format == "webp":
+                im.save(buf, format="WEBP", quality=self.config.quality, method=4)
             else:
-                im.save(buf, format="JPEG", quality=self.quality, optimize=True)
+                im.save(buf, format="JPEG", quality=self.config.quality, optimize=True)
         frame = buf.getvalue()
         return _header(self.tag, arr.shape) + np.array([lo[0], hi[0]], dtype="<f4").tobytes() + _varint(len(frame)) + frame
 
@@ -478,21 +514,21 @@ class TiledImageCodec(_ReferenceCodec):
         expected = (cols * w, -(-c // cols) * h)
         frame = r.take(r.varint())
         if r.rest():
-            raise PayloadError(f"{self.name}: trailing bytes after the {self.format} frame")
+            raise PayloadError(f"{self.name}: trailing bytes after the {self.config.format} frame")
         try:
             with Image.open(io.BytesIO(frame)) as im:
                 im.load()
                 if im.size != expected:
                     raise PayloadError(f"{self.name}: frame is {im.size[0]}x{im.size[1]}, header implies "
                                        f"{expected[0]}x{expected[1]}")
-                if self.bits == 16:
+                if self.config.bits == 16:
                     img = np.asarray(im, dtype=np.int64).astype(np.uint16)
                 else:
                     img = np.asarray(im.convert("L"), dtype=np.uint8)
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise PayloadError(f"{self.name}: the {self.format} frame cannot be decoded ({exc})") from None
+            raise PayloadError(f"{self.name}: the {self.config.format} frame cannot be decoded ({exc})") from None
         q = _from_tiles(img, shape)
-        out = _dequantize(q.reshape(1, -1), np.array([lo]), np.array([hi]), self.bits)
+        out = _dequantize(q.reshape(1, -1), np.array([lo]), np.array([hi]), self.config.bits)
         return torch.from_numpy(out.reshape(shape))
 
 

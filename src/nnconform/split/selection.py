@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from .manifest import ComputeProfile, LinkProfile
+from .plan import ComputeProfile, LinkProfile
 
 DEVICE_ONLY = "(device only)"
 SERVER_ONLY = "(server only)"

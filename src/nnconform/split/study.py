@@ -21,7 +21,7 @@ from ..stats import mean_kl_divergence, top1_agreement
 from .codecs import CodecContractError, check_deterministic, check_roundtrip
 from .cuts import SplitGraph
 from .features import CutProfile, FeatureStats, FeatureStatsAccumulator
-from .manifest import OperatingPoint
+from .plan import SplitPoint as OperatingPoint
 
 
 @dataclass
