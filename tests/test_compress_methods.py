@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nnconform.compress import CalibrationSet, CompressionContext, get_compressor, make_config
+from nnconform.compress import CalibrationSet, CompressionContext, make_compressor
 from nnconform.compress.serialize import poisoned_template
 from nnconform.zoo import build_architecture
 
@@ -46,13 +46,12 @@ CASES = [("fp16", {}), ("fp16", {"compute_dtype": "float16"}), ("torch-int8", {"
 def test_artifact_decodes_to_the_methods_own_model(method, fields, model, ctx):
     if method == "nnc":
         pytest.importorskip("nncodec", reason="MPEG NNC needs nncodec (pip install --no-deps nncodec==2.1.3)")
-    handler = get_compressor(method)
-    config = make_config(method, **fields)
-    result = handler.compress(copy.deepcopy(model), config, ctx)
+    method_ = make_compressor(method, fields)
+    result = method_.compress(copy.deepcopy(model), ctx)
     assert result.reported_bytes == result.artifact.nbytes
-    again = handler.compress(copy.deepcopy(model), config, ctx)
+    again = make_compressor(method, fields).compress(copy.deepcopy(model), ctx)
     assert again.artifact.sha256 == result.artifact.sha256, "compressing twice must give the same bytes"
-    decoded = handler.decode(result.artifact, poisoned_template(model), config, ctx)
+    decoded = method_.decode(result.artifact, poisoned_template(model), ctx)
     x = ctx.calibration.images[:16]
     with torch.no_grad():
         ours, theirs, ref = decoded(x), result.module(x), model(x)
@@ -62,27 +61,24 @@ def test_artifact_decodes_to_the_methods_own_model(method, fields, model, ctx):
 
 
 def test_sizes_follow_the_operating_point(model, ctx):
-    handler = get_compressor("magnitude-prune")
-    sizes = [handler.compress(copy.deepcopy(model), make_config("magnitude-prune", sparsity=s), ctx).artifact.nbytes
+    sizes = [make_compressor("magnitude-prune", {"sparsity": s}).compress(copy.deepcopy(model), ctx).artifact.nbytes
              for s in (0.2, 0.5, 0.8)]
     assert sizes[0] > sizes[1] > sizes[2]
-    fp16 = get_compressor("fp16").compress(copy.deepcopy(model), make_config("fp16"), ctx).artifact.nbytes
+    fp16 = make_compressor("fp16").compress(copy.deepcopy(model), ctx).artifact.nbytes
     from nnconform.compress.serialize import fp32_state_bytes
 
     assert 0.45 < fp16 / fp32_state_bytes(model) < 0.55
 
 
 def test_magnitude_pruning_reaches_its_sparsity_and_reports_nonzero_params(model, ctx):
-    result = get_compressor("magnitude-prune").compress(copy.deepcopy(model), make_config("magnitude-prune",
-                                                                                         sparsity=0.5), ctx)
+    result = make_compressor("magnitude-prune", {"sparsity": 0.5}).compress(copy.deepcopy(model), ctx)
     assert result.metadata["achieved_sparsity"] == pytest.approx(0.5, abs=0.01)
     assert result.params == sum(int((p != 0).sum()) for p in result.module.parameters())
 
 
 def test_nnc_coarser_qp_gives_fewer_bytes(model, ctx):
     pytest.importorskip("nncodec", reason="MPEG NNC needs nncodec (pip install --no-deps nncodec==2.1.3)")
-    handler = get_compressor("nnc")
-    sizes = [handler.compress(copy.deepcopy(model), make_config("nnc", qp=qp), ctx).artifact.nbytes
+    sizes = [make_compressor("nnc", {"qp": qp}).compress(copy.deepcopy(model), ctx).artifact.nbytes
              for qp in (-44, -32, -20)]
     assert sizes[0] > sizes[1] > sizes[2]
 
@@ -91,9 +87,7 @@ def test_nnc_refuses_a_damaged_bitstream(model, ctx):
     pytest.importorskip("nncodec", reason="MPEG NNC needs nncodec (pip install --no-deps nncodec==2.1.3)")
     from nnconform.compress import Artifact, ArtifactError
 
-    handler = get_compressor("nnc")
-    config = make_config("nnc", qp=-32)
-    good = handler.compress(copy.deepcopy(model), config, ctx).artifact.file("model.nnc")
+    nnc = make_compressor("nnc", {"qp": -32})
+    good = nnc.compress(copy.deepcopy(model), ctx).artifact.file("model.nnc")
     with pytest.raises(ArtifactError, match="model.nnc"):
-        handler.decode(Artifact({"model.nnc": good[: len(good) // 3]}, "mpeg-nnc"), poisoned_template(model),
-                       config, ctx)
+        nnc.decode(Artifact({"model.nnc": good[: len(good) // 3]}, "mpeg-nnc"), poisoned_template(model), ctx)

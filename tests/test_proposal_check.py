@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from nnconform.compress.base import ArtifactError, CompressionContext
-from nnconform.compress.suite import load_suite
+from nnconform.compress.plan import load_plan
 from nnconform.hashing import sha256_bytes
 from nnconform.proposal import load_proposal, proposal_schema, resolve_manifest
 from nnconform.proposal.__main__ import main as cli
@@ -132,7 +132,7 @@ def test_code_sections_need_code_and_broken_code_is_reported(tmp_path):
 
 
 def test_semantic_problems(tmp_path):
-    taken = next(p for p in load_suite().points if p.anchor == "fmnist-lenet5" and p.label)
+    taken = next(p for p in load_plan().points if p.anchor == "fmnist-lenet5" and p.label)
     (tmp_path / "code.py").write_text("")
     path = write(tmp_path, f"""
         criteria = ["compression", "updates"]
@@ -169,11 +169,47 @@ def test_semantic_problems(tmp_path):
         """)
     found = fields(path)
     assert "not one of proposal.anchors" in found["compression[0].anchor"]
-    assert "unknown config field" in found["compression[1].config"]
+    assert "unknown key(s) 'bits'" in found["compression[1].config"]
     assert "already taken" in found["compression[2].label"]
     assert "bits" in found["updates[0].params"]
     assert any(f.startswith("updates[0].claimed_tier") for f in found), found
     assert "no such file" in found["artifacts[0].files[0].path"]
+
+
+def test_compression_configs_are_type_checked_and_claims_stay_on_the_point(tmp_path):
+    """A proposal's config values are checked like the plan's (``"no"`` is not a boolean), a claim inside the config
+    is refused, and a valid entry becomes a ``CompressionPoint`` carrying its claims."""
+    (tmp_path / "code.py").write_text("")
+    path = write(tmp_path, """
+        criteria = ["compression"]
+        module = "code.py"
+        [[compression]]
+        anchor = "fmnist-lenet5"
+        method = "nnc"
+        label = "a"
+        config = { use_dq = "no" }
+        claimed_tier = "99%"
+        [[compression]]
+        anchor = "fmnist-lenet5"
+        method = "nnc"
+        label = "b"
+        config = { claimed_tier = "99%" }
+        claimed_tier = "99%"
+        [[compression]]
+        anchor = "fmnist-lenet5"
+        method = "nnc"
+        label = "c"
+        config = { qp = -30 }
+        claimed_tier = "99.9%"
+        claimed_bytes = 50000
+        """)
+    found = fields(path)
+    assert "compression[0].config.use_dq: expected true or false, got 'no'" in found["compression[0].config"]
+    assert "unknown key(s) 'claimed_tier'" in found["compression[1].config"]
+    (point,) = load_proposal(path).compression
+    assert (point.id, point.claimed_tier, point.claimed_bytes, point.proposal) == \
+        ("fmnist-lenet5-nnc-c", "99.9%", 50000, load_proposal(path).name)
+    assert point.config.qp == -30 and "claimed_tier" not in point.config.to_dict()
 
 
 def test_update_artifact_checkpoints(tmp_path):
@@ -234,9 +270,9 @@ def _ctx(tmp_path):
 def _submit(tmp_path, name: str, data: bytes, decoder: str, sha: str | None = None):
     path = tmp_path / name
     path.write_bytes(data)
-    config = config_for([SubmittedFile(path, sha or sha256_bytes(data))], decoder, {}, "99%")
-    handler = SubmittedArtifact()
-    return handler, config, handler.compress(None, config, _ctx(tmp_path))
+    config = config_for([SubmittedFile(path, sha or sha256_bytes(data))], decoder, {})
+    handler = SubmittedArtifact(config)
+    return handler, config, handler.compress(None, _ctx(tmp_path))
 
 
 def test_onnx_and_safetensors_submissions_decode(tmp_path):
@@ -251,7 +287,7 @@ def test_onnx_and_safetensors_submissions_decode(tmp_path):
     torch.onnx.export(model, (x,), buf, input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}},
                       dynamo=False)
     handler, config, result = _submit(tmp_path, "model.onnx", buf.getvalue(), "onnx")
-    decoded = handler.decode(result.artifact, _Tiny(), config, _ctx(tmp_path))
+    decoded = handler.decode(result.artifact, _Tiny(), _ctx(tmp_path))
     assert torch.allclose(decoded(x), model(x), atol=1e-4)
     state = {k: v.half() for k, v in model.state_dict().items()}
     handler, config, result = _submit(tmp_path, "w.safetensors", save(state), "safetensors")
@@ -259,7 +295,7 @@ def test_onnx_and_safetensors_submissions_decode(tmp_path):
     with torch.no_grad():
         for p in template.parameters():
             p.fill_(float("nan"))
-    decoded = handler.decode(result.artifact, template, config, _ctx(tmp_path))
+    decoded = handler.decode(result.artifact, template, _ctx(tmp_path))
     assert torch.allclose(decoded(x), model(x), atol=1e-2) and result.reported_bytes == len(save(state))
 
 
@@ -272,10 +308,10 @@ def test_submissions_refuse_wrong_hashes_and_incomplete_weights(tmp_path):
     state.pop("fc.bias")
     handler, config, result = _submit(tmp_path, "w.safetensors", save(state), "safetensors")
     with pytest.raises(ArtifactError, match="missing \\['fc.bias'\\]"):
-        handler.decode(result.artifact, _Tiny(), config, _ctx(tmp_path))
+        handler.decode(result.artifact, _Tiny(), _ctx(tmp_path))
     handler, config, result = _submit(tmp_path, "w.safetensors", b"not safetensors", "safetensors")
     with pytest.raises(ArtifactError, match="not a safetensors file"):
-        handler.decode(result.artifact, _Tiny(), config, _ctx(tmp_path))
+        handler.decode(result.artifact, _Tiny(), _ctx(tmp_path))
 
 
 def test_a_pinned_module_that_changed_is_not_imported(tmp_path):
