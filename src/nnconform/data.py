@@ -5,8 +5,10 @@ images and labels) that goes into every report and every cache key.
 
 Sources, in order:
 * Fashion-MNIST: the original IDX files (Debian package ``dataset-fashion-mnist`` installs them
-  in ``/usr/share/datasets/fashion-mnist``; ``--nnc-data-dir`` or ``NNCONFORM_FMNIST_DIR`` point
-  elsewhere), else the Hugging Face hub through ``datasets`` when online.
+  in ``/usr/share/datasets/fashion-mnist``), else the Hugging Face hub through ``datasets`` when
+  online. ``--nnc-data-dir`` or ``NNCONFORM_FMNIST_DIR`` name the one folder to use instead (no
+  fallback). Files are checked on load (IDX header, shapes, label range) and their content is
+  compared with the sha256 pinned here: another copy is used but reported.
 * ImageNet-1k validation: a hub id, or a local imagefolder or parquet path, given by the user
   (``--nnc-imagenet``), loaded through ``datasets``.
 * ``imagenet-samples``: the 20 labelled ImageNet JPEGs shipped in the ``foolbox`` wheel's data
@@ -20,6 +22,7 @@ import importlib.util
 import os
 import re
 import struct
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -101,6 +104,8 @@ class ImageDataset:
     fingerprint: str
     smoke: bool = False  # True for sets too small to measure accuracy (reported as smoke checks)
     indices: tuple[int, ...] | None = field(default=None, repr=False)
+    #: what a reader must know about the data (e.g. content differing from the pinned copy)
+    notes: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return int(self.labels.numel())
@@ -119,7 +124,7 @@ class ImageDataset:
         labels = self.labels[idx]
         fp = arrays_sha256(np.frombuffer(self.fingerprint.encode(), np.uint8), idx.numpy())
         return ImageDataset(self.name + name_suffix, self.split, imgs, labels, self.classes, self.source, fp,
-                            self.smoke, tuple(idx.tolist()))
+                            self.smoke, tuple(idx.tolist()), self.notes)
 
     def batches(self, preprocess: Preprocess, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield preprocessed ``(x, y)`` batches in dataset order."""
@@ -137,20 +142,68 @@ class ImageDataset:
 # Fashion-MNIST
 
 
-def _read_idx(path: Path) -> np.ndarray:
+class DatasetFormatError(ValueError):
+    """A data file that is not what its name says (bad IDX header, truncated, swapped, out of range)."""
+
+
+class DatasetMismatchWarning(UserWarning):
+    """A dataset whose content differs from the copy pinned in the project: used, and reported."""
+
+
+#: sha256 of the *decompressed* IDX content of each Fashion-MNIST file (Zalando Research's release,
+#: as Debian's ``dataset-fashion-mnist`` ships it). The ``.gz`` bytes depend on the compressor, the
+#: content does not, so a re-compressed copy still matches.
+FMNIST_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+_FMNIST_SIZES = {"train": 60_000, "test": 10_000}
+
+
+def read_idx_file(path: Path) -> tuple[np.ndarray, str]:
+    """An unsigned-byte IDX file (``.gz`` or plain) as an array, and the sha256 of its IDX content.
+
+    Raises :class:`DatasetFormatError` naming the file for a truncated or corrupt archive, a wrong
+    magic number, or a header that does not match the data.
+    """
+    import hashlib
+    import zlib
+
+    path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise DatasetFormatError(f"{path}: truncated or corrupt gzip archive ({exc}); replace the file "
+                                 f"(e.g. `sudo apt-get install --reinstall dataset-fashion-mnist`)") from None
     if len(raw) < 4:
-        raise ValueError(f"{path}: not an IDX file (only {len(raw)} bytes)")
+        raise DatasetFormatError(f"{path}: not an IDX file (only {len(raw)} bytes)")
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {raw[:4].hex()})")
+    if zero != 0 or dtype_code != 0x08 or ndim == 0:
+        raise DatasetFormatError(f"{path}: not an unsigned-byte IDX file (magic {raw[:4].hex()}, "
+                                 f"expected 000008 followed by the number of dimensions)")
+    if len(raw) < 4 + 4 * ndim:
+        raise DatasetFormatError(f"{path}: truncated IDX header ({len(raw)} bytes for {ndim} dimensions)")
     dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise ValueError(f"{path}: truncated IDX file: header says {dims}, found {data.size} bytes of data")
-    return data.reshape(dims)
+        raise DatasetFormatError(f"{path}: truncated IDX file: header says {dims}, found {data.size} bytes of data")
+    return data.reshape(dims), hashlib.sha256(raw).hexdigest()
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    return read_idx_file(path)[0]
+
+
+def _idx_sha256(array: np.ndarray) -> str:
+    """sha256 of the IDX file an array would be (for data that did not come as IDX files)."""
+    import hashlib
+
+    header = struct.pack(f">HBB{array.ndim}I", 0, 0x08, array.ndim, *array.shape)
+    return hashlib.sha256(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()).hexdigest()
 
 
 def _find_idx(folder: Path, stem: str) -> Path | None:
@@ -161,24 +214,66 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
 
 
 def fmnist_dirs(data_dir: str | Path | None = None) -> list[Path]:
-    """Folders searched for the Fashion-MNIST IDX files, in order."""
-    dirs = []
+    """Folders searched for the Fashion-MNIST IDX files, in order.
+
+    A folder the user names (``data_dir``, else ``NNCONFORM_FMNIST_DIR``) is the only place
+    searched: a run told to use a folder never falls back to another copy.
+    """
     if data_dir:
-        dirs += [Path(data_dir), Path(data_dir) / "fashion-mnist"]
+        return [Path(data_dir), Path(data_dir) / "fashion-mnist"]
     if os.environ.get("NNCONFORM_FMNIST_DIR"):
-        dirs.append(Path(os.environ["NNCONFORM_FMNIST_DIR"]))
-    dirs.append(FMNIST_SYSTEM_DIR)
-    return dirs
+        folder = Path(os.environ["NNCONFORM_FMNIST_DIR"])
+        return [folder, folder / "fashion-mnist"]
+    return [FMNIST_SYSTEM_DIR]
+
+
+def check_fashion_mnist(split: str, images: np.ndarray, labels: np.ndarray, img_name: str = "images",
+                        lbl_name: str = "labels") -> None:
+    """Shape, count and label-range checks; raises :class:`DatasetFormatError` naming the files."""
+    if images.ndim == 1 and labels.ndim == 3:
+        raise DatasetFormatError(f"{img_name} holds a 1-D IDX array {list(images.shape)} (labels) and "
+                                 f"{lbl_name} a 3-D one {list(labels.shape)} (images): the image and label files "
+                                 f"look swapped")
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise DatasetFormatError(f"{img_name}: Fashion-MNIST images must be [N, 28, 28], the file holds "
+                                 f"{list(images.shape)}")
+    if labels.ndim != 1:
+        raise DatasetFormatError(f"{lbl_name}: Fashion-MNIST labels must be [N], the file holds {list(labels.shape)}")
+    if images.shape[0] != labels.shape[0]:
+        raise DatasetFormatError(f"{img_name}: {images.shape[0]} images but {lbl_name} has {labels.shape[0]} labels")
+    if images.shape[0] != _FMNIST_SIZES[split]:
+        raise DatasetFormatError(f"{img_name}: the Fashion-MNIST {split} split has {_FMNIST_SIZES[split]} images, "
+                                 f"the file holds {images.shape[0]}")
+    if labels.size and int(labels.max()) >= len(FMNIST_CLASSES):
+        bad = int(np.count_nonzero(labels >= len(FMNIST_CLASSES)))
+        raise DatasetFormatError(f"{lbl_name}: {bad} labels outside 0..{len(FMNIST_CLASSES) - 1} "
+                                 f"(largest {int(labels.max())})")
+
+
+def _pinned_mismatches(named_hashes: list[tuple[str, str, str]]) -> tuple[str, ...]:
+    """One message per ``(stem, shown name, sha256)`` whose content is not the pinned copy."""
+    notes = []
+    for stem, shown, digest in named_hashes:
+        if digest != FMNIST_SHA256[stem]:
+            notes.append(f"{shown}: IDX content sha256 {digest} differs from the pinned Fashion-MNIST "
+                         f"{FMNIST_SHA256[stem]} (nnconform.data.FMNIST_SHA256): results are not comparable "
+                         f"with runs on the reference data")
+    return tuple(notes)
 
 
 _CACHE: dict[tuple, ImageDataset] = {}
 
 
 def load_fashion_mnist(split: str = "test", data_dir: str | Path | None = None) -> ImageDataset:
-    """Fashion-MNIST ``train`` (60,000) or ``test`` (10,000) as a uint8 ``[N, 1, 28, 28]`` set."""
+    """Fashion-MNIST ``train`` (60,000) or ``test`` (10,000) as a uint8 ``[N, 1, 28, 28]`` set.
+
+    The files are checked on load (IDX header, shapes, counts, label range; a malformed file raises
+    :class:`DatasetFormatError` naming it). A copy whose content differs from the pinned sha256
+    is used but reported: a :class:`DatasetMismatchWarning` and the dataset's ``notes``.
+    """
     if split not in _FMNIST_FILES:
         raise ValueError(f"Fashion-MNIST split must be one of {sorted(_FMNIST_FILES)}, got {split!r}")
-    key = ("fashion-mnist", split, str(data_dir))
+    key = ("fashion-mnist", split, str(data_dir), os.environ.get("NNCONFORM_FMNIST_DIR"))
     if key in _CACHE:
         return _CACHE[key]
     img_stem, lbl_stem = _FMNIST_FILES[split]
@@ -187,13 +282,20 @@ def load_fashion_mnist(split: str = "test", data_dir: str | Path | None = None) 
     for folder in fmnist_dirs(data_dir):
         img_path, lbl_path = _find_idx(folder, img_stem), _find_idx(folder, lbl_stem)
         if img_path and lbl_path:
-            images, labels = _read_idx(img_path), _read_idx(lbl_path)
-            if images.shape[0] != labels.shape[0]:
-                raise ValueError(f"{img_path}: {images.shape[0]} images but {lbl_path} has {labels.shape[0]} labels")
+            (images, img_sha), (labels, lbl_sha) = read_idx_file(img_path), read_idx_file(lbl_path)
+            check_fashion_mnist(split, images, labels, str(img_path), str(lbl_path))
+            notes = _pinned_mismatches([(img_stem, str(img_path), img_sha), (lbl_stem, str(lbl_path), lbl_sha)])
             source = str(img_path.parent)
             break
     else:
+        if data_dir or os.environ.get("NNCONFORM_FMNIST_DIR"):
+            raise DatasetUnavailable(_howto(split, data_dir) + " (a folder given by the user is the only one searched)")
         images, labels, source = _fmnist_from_hub(split, data_dir)
+        check_fashion_mnist(split, images, labels, f"{source} images", f"{source} labels")
+        notes = _pinned_mismatches([(img_stem, f"{source} {split} images", _idx_sha256(images)),
+                                    (lbl_stem, f"{source} {split} labels", _idx_sha256(labels))])
+    for note in notes:
+        warnings.warn(DatasetMismatchWarning(note), stacklevel=2)
     ds = ImageDataset(
         name="fashion-mnist",
         split=split,
@@ -202,17 +304,22 @@ def load_fashion_mnist(split: str = "test", data_dir: str | Path | None = None) 
         classes=FMNIST_CLASSES,
         source=source,
         fingerprint=arrays_sha256(images, labels),
+        notes=notes,
     )
     _CACHE[key] = ds
     return ds
 
 
-def _fmnist_from_hub(split: str, data_dir) -> tuple[np.ndarray, np.ndarray, str]:
+def _howto(split: str, data_dir) -> str:
     searched = ", ".join(str(d) for d in fmnist_dirs(data_dir))
-    howto = (f"Fashion-MNIST {split} split not found (searched {searched} for "
-             f"{' and '.join(s + '[.gz]' for s in _FMNIST_FILES[split])}). Install it with "
-             f"`sudo apt-get install dataset-fashion-mnist`, or put the four IDX files from "
-             f"https://github.com/zalandoresearch/fashion-mnist in a folder given as --nnc-data-dir")
+    return (f"Fashion-MNIST {split} split not found (searched {searched} for "
+            f"{' and '.join(s + '[.gz]' for s in _FMNIST_FILES[split])}). Install it with "
+            f"`sudo apt-get install dataset-fashion-mnist`, or put the four IDX files from "
+            f"https://github.com/zalandoresearch/fashion-mnist in a folder given as --nnc-data-dir")
+
+
+def _fmnist_from_hub(split: str, data_dir) -> tuple[np.ndarray, np.ndarray, str]:
+    howto = _howto(split, data_dir)
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("NNCONFORM_OFFLINE") == "1":
         raise DatasetUnavailable(howto)
     try:
