@@ -36,6 +36,9 @@ class BuildPyWithData(build_py):
                 dest = Path(self.build_lib) / "nnconform" / target / path.relative_to(HERE / source)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, dest)
+        # A package, so that ``pytest --pyargs nnconform.conformance`` finds the suite.
+        (Path(self.build_lib) / "nnconform" / "conformance" / "__init__.py").write_text(
+            '"""The conformance suite, copied from the repository\'s conformance/ when the wheel was built."""\n')
 
 
 setup(cmdclass={"build_py": BuildPyWithData})
