@@ -1,3 +1,3 @@
-from .build import main
+from .cli import main
 
 raise SystemExit(main())

@@ -4,12 +4,14 @@
 writes one safetensors checkpoint per epoch plus a fine-tuned update under
 ``anchors/zoo/<anchor>/``, measures each on the test split (10,000) and writes the manifest
 ``anchors/zoo.toml`` with every file's sha256. Seeds, thread count and deterministic algorithms
-are fixed; the same machine reproduces the same bytes.
+are fixed; the same machine reproduces the same bytes. Another x86-64 machine may not: torch picks
+its CPU kernels by instruction set (AVX2, AVX-512...), which changes the floating-point summation
+order; a rebuild there stays within a stated top-1 band instead (``python -m nnconform.zoo compare``,
+see :mod:`nnconform.zoo.cli`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -22,7 +24,6 @@ from torch import nn
 
 from ..data import Preprocess, load_fashion_mnist
 from ..hashing import sha256_file
-from ..paths import anchors_dir
 from ..profile import count_macs, count_params
 from .models import build_architecture
 
@@ -208,22 +209,3 @@ def update_manifest(name: str, entry: dict, path: Path) -> None:
         order = [r.anchor for r in RECIPES]
         write_manifest(dict(sorted(entries.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)),
                        path)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nnconform.zoo", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="train the zoo and write anchors/zoo.toml")
-    b.add_argument("--only", nargs="*", help="anchor names to (re)build; others keep their manifest entry")
-    b.add_argument("--out", type=Path, default=None, help="anchors folder (default: the repository's)")
-    args = parser.parse_args(argv)
-    # One thread: the same bytes on every run of a machine, and no thread oversubscription when
-    # several anchors are built in parallel (`--only A & --only B`).
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    root = args.out or anchors_dir()
-    for recipe in RECIPES:
-        if args.only and recipe.anchor not in args.only:
-            continue
-        update_manifest(recipe.anchor, build_anchor(recipe, root / "zoo"), root / "zoo.toml")
-    return 0
