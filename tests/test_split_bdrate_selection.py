@@ -1,4 +1,4 @@
-"""Self-tests of BD-rate, split selection, the KPI check and the split manifest."""
+"""Self-tests of BD-rate, split selection and the KPI check (the plan: test_split_plan.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nnconform.split import bd_quality, bd_rate, end_to_end, load_split_manifest, select_split, upper_envelope
-from nnconform.split.manifest import (ComputeProfile, Kpi, LinkProfile, SplitManifestError, parse_split_manifest)
-from nnconform.split.runs import auto_cuts, coded_cases, coded_cuts
+from nnconform.split import bd_quality, bd_rate, end_to_end, select_split, upper_envelope
+from nnconform.split.plan import ComputeProfile, Kpi, LinkProfile, load_plan
 from nnconform.split.selection import DEVICE_ONLY, SERVER_ONLY, Candidate, bounds
 
 curves = st.lists(st.tuples(st.floats(10, 1e6), st.floats(0.05, 0.99)), min_size=2, max_size=8)
@@ -91,99 +90,59 @@ def test_selection_respects_the_accuracy_tier_and_the_bounds():
 
 
 def test_ts22261_kpi_boundary():
-    kpi = load_split_manifest().kpis["ts22261-split-image-recognition"]
+    kpi = load_plan().kpis["ts22261-split-image-recognition"]
     assert kpi.transfer_ms(270_000) == pytest.approx(15.0)
     assert kpi.met_by(270_000) and not kpi.met_by(270_001)
     assert Kpi("k", "", 1000, 8.0, 0.5).met_by(500) and not Kpi("k", "", 1000, 8.0, 0.5).met_by(600)
 
 
-def test_shipped_manifest():
-    m = load_split_manifest()
-    assert m.anchor_family == "uq-per-tensor"
-    ids = [p.id for p in m.points]
-    assert len(ids) == len(set(ids))
-    for p in m.points:
-        p.build()  # every operating point names a registered codec with valid parameters
-    anchor_bits = sorted(p.kwargs["bits"] for p in m.families["uq-per-tensor"])
-    assert anchor_bits == [2, 4, 6, 8]
-    webp, jpeg = m.families["webp"], m.families["jpeg"]
-    assert len(webp) >= 3 and len(jpeg) >= 3
-    assert {p.id for p in m.points_for("quick")} < {p.id for p in m.points_for("default")}
-    assert m.cuts_for("fmnist-resnet8", "quick") == ("layer2",)
-    assert m.cuts_for("fmnist-resnet8", "full") is None
+def _study_with_latencies():
+    """A small study (random ResNet-8, random data) and the latencies the selection case measures for it."""
+    import torch
 
-
-def test_cases_per_tier_and_readable_ids():
-    m = load_split_manifest()
-    quick = coded_cases(m, "fmnist-resnet8", "quick")
-    assert {c.cut for c in quick} == {"layer2"} and all(c.tier == "quick" for c in quick)
-    assert "fmnist-resnet8-layer2-uq8-per-channel" in {c.id for c in quick}
-    default = coded_cases(m, "fmnist-resnet8", "default")
-    assert {c.tier for c in default if c.cut == "layer1"} == {"default"}
-    with pytest.raises(ValueError, match="pass the graph"):
-        coded_cuts(m, "fmnist-resnet8", "full")
-
-
-def test_auto_cuts_are_spread_over_spatial_cuts():
-    from nnconform.split import SplitGraph
+    from nnconform.split import SplitGraph, run_study
+    from nnconform.split.plan import SplitPoint
+    from nnconform.split.runs import measure_latencies, torch_threads
     from nnconform.zoo import build_architecture
 
-    g = SplitGraph.trace(build_architecture("mobilenetv2_small").eval(), (1, 28, 28))
-    picks = auto_cuts(g, 3)
-    assert len(picks) == 3 and all(len(g.cut(p).shapes[0]) == 3 for p in picks)
-    order = [c.name for c in g.cuts]
-    assert [order.index(p) for p in picks] == sorted(order.index(p) for p in picks)
+    with torch_threads(1):
+        torch.manual_seed(0)
+        model = build_architecture("resnet8").eval()
+        graph = SplitGraph.trace(model, (1, 28, 28))
+        g = torch.Generator().manual_seed(0)
+        data = [(torch.randn((16, 1, 28, 28), generator=g), torch.randint(0, 10, (16,), generator=g))]
+        points = [SplitPoint(label="raw", family="raw", codec="raw", lossless=True),
+                  SplitPoint(label="uq8", family="uq", codec="uniform", params=(("bits", 8),))]
+        study = run_study("toy", graph, data, coded={"layer2": points, "layer1": points[:1]})
+        return study, measure_latencies(model, graph, study, data[0][0][:1], rounds=2)
 
 
-BASE = {
-    "version": 1,
-    "run": {t: {"samples": 10, "stats_samples": 5, "batch_size": 5, "timing_rounds": 1, "identity": "all",
-                "onnx": "coded"} for t in ("quick", "default", "full")},
-    "families": {"uq": {"codec": "uniform", "anchor": True, "points": [{"id": "uq8", "bits": 8}]}},
-}
+def test_selection_measures_every_latency_it_needs_itself():
+    """The selection case depends on no other case's timings: it measures what :func:`candidates` reads."""
+    from nnconform.split.checks import candidates, check_selection
+    from nnconform.split.plan import Scenario
+
+    study, timings = _study_with_latencies()
+    assert {"model", "layer1/head", "layer1/tail", "layer1/raw/encode", "layer2/uq8/decode"} <= set(timings)
+    assert all(t > 0 for t in timings.values())
+    cands = candidates(study, timings, 28 * 28)
+    assert {c.label for c in cands} == {"layer1/raw", "layer2/raw", "layer2/uq8", DEVICE_ONLY, SERVER_ONLY}
+    scenario = Scenario("s", DEVICE, SERVER, LINK, "99%")
+    rec = check_selection("toy", scenario, study, cands)
+    assert rec.passed, rec.message
+    with pytest.raises(KeyError, match=r"no timings for \['layer2/uq8/decode'\]"):
+        candidates(study, {k: v for k, v in timings.items() if k != "layer2/uq8/decode"}, 28 * 28)
 
 
-def _with(**changes):
-    import copy
+def test_selection_gate_fails_a_choice_that_is_not_the_fastest(monkeypatch):
+    from nnconform.split import checks
+    from nnconform.split.plan import Scenario
+    from nnconform.split.selection import Selection
 
-    raw = copy.deepcopy(BASE)
-    for path, value in changes.items():
-        node = raw
-        keys = path.split("__")
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-        node[keys[-1]] = value
-    return raw
-
-
-@pytest.mark.parametrize("raw, match", [
-    (_with(version="1"), r"split.toml.version: expected int"),
-    (_with(run__quick__onnx="some"), r"run.quick.onnx: 'some' is not one of"),
-    (_with(families__uq__anchor=False), "exactly one family must have `anchor = true`"),
-    (_with(families__uq__points=[{"id": "a", "bits": 8}, {"id": "a", "bits": 4}]), "duplicate operating point id 'a'"),
-    (_with(families__uq__points=[{"id": "a", "claim": "99.5%"}]), "claim '99.5%' is not an accuracy tier"),
-    (_with(families__uq__points=[{"id": "a", "tier": "nightly"}]), "tier 'nightly' is not one of"),
-    (_with(scenarios=[{"name": "s", "device": "phone", "server": "x", "link": "y", "tier": "99%"}]),
-     "unknown profile 'phone'"),
-    (_with(cuts__a__weekly=["x"]), "cuts.a.weekly: expected a tier name"),
-])
-def test_bad_manifest_names_the_field(raw, match):
-    with pytest.raises(SplitManifestError, match=match):
-        parse_split_manifest(raw)
-
-
-def test_bad_profiles_name_the_value():
-    with pytest.raises(SplitManifestError, match="speed_factor must be > 0, got 0"):
-        ComputeProfile("x", 0)
-    with pytest.raises(SplitManifestError, match="uplink_mbps must be > 0"):
-        LinkProfile("x", 0)
-
-
-def test_samples_per_dataset():
-    m = load_split_manifest()
-    assert m.run("quick").samples_for("fashion-mnist") == 500
-    assert m.run("full").samples_for("imagenet-1k") == 0
-    with pytest.raises(SplitManifestError, match="no entry for dataset 'cifar10'"):
-        m.run("quick").samples_for("cifar10")
-    with pytest.raises(SplitManifestError, match="samples >= 0"):
-        parse_split_manifest(_with(run__quick__samples={"fashion-mnist": -1}))
+    study, timings = _study_with_latencies()
+    cands = checks.candidates(study, timings, 28 * 28)
+    scenario = Scenario("s", DEVICE, SERVER, LINK, "99%")
+    ranked = sorted((end_to_end(c, DEVICE, SERVER, LINK) for c in cands), key=lambda x: x.total_s)
+    monkeypatch.setattr(checks, "select_split", lambda *a: Selection(ranked[-1], tuple(ranked[::-1]), (), "99%"))
+    rec = checks.check_selection("toy", scenario, study, cands)
+    assert not rec.passed and rec.measured > rec.expected

@@ -28,6 +28,8 @@ SUITE_TIERS = kit.RUN_TIERS
 CUT_SCOPES = ("coded", "single", "all")
 #: the keys of a point that are not codec parameters
 POINT_KEYS = ("label", "claimed_tier", "run_tier", "lossless", "description")
+#: point keys of plan version 1 and their version-2 names (named in the error when an old key is used)
+RENAMED = {"id": "label", "tier": "run_tier", "claim": "claimed_tier"}
 TABLES = ("run", "resolutions", "families", "cuts", "profiles", "scenarios", "kpi", "published")
 
 #: the former name of the plan's error
@@ -289,7 +291,8 @@ def _point(t: Table, family: str, codec: str, shared: Mapping[str, Any], fields:
     unknown = sorted(set(params) - fields)
     if unknown:
         valid = sorted(set(POINT_KEYS) | fields - {"version"})
-        hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, valid, n=1)) else "")
+        hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := [RENAMED[k]] if k in RENAMED else
+                                                           difflib.get_close_matches(k, valid, n=1)) else "")
                  for k in unknown]
         raise PlanError(f"{t.where}: unknown key(s) {', '.join(hints)}: neither a point key ({', '.join(POINT_KEYS)}) "
                         f"nor a field of codec {codec!r} ({', '.join(sorted(fields - {'version'}))})")
@@ -328,7 +331,10 @@ def _families(root: Table) -> tuple[dict[str, tuple[SplitPoint, ...]], str]:
     if len(anchors) != 1:
         raise PlanError(f"{fams.where}: exactly one family must have `anchor = true` (the BD-rate anchor), "
                         f"found {anchors}")
-    kit.unique_ids([p for pts in families.values() for p in pts], id_of=lambda p: p.label, where=fams.where)
+    try:
+        kit.unique_ids([p for pts in families.values() for p in pts], id_of=lambda p: p.label, where=fams.where)
+    except kit.PointError as exc:
+        raise PlanError(str(exc)) from None
     return families, anchors[0]
 
 
@@ -430,7 +436,8 @@ def parse_plan(root: Table) -> SplitPlan:
     runs = {}
     for run_tier in list(run_t.data):
         if run_tier not in kit.RUN_TIERS:
-            kit.parse_run_tier(run_tier, run_t.at(run_tier))
+            raise PlanError(f"{run_t.at(run_tier)}: {run_tier!r} is not a run tier; choose one of "
+                            f"{', '.join(kit.RUN_TIERS)}")
         runs[run_tier] = _run(run_t.table(run_tier), run_tier)
     missing = [t for t in kit.RUN_TIERS if t not in runs]
     if missing:
