@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 import re
 
 import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
+from nnconform import kit
 from nnconform.hashing import state_dict_sha256
 from nnconform.updates import (UPDATE_CODECS, StateMismatchError, apply_update, encode_update, make_codec,
                                read_header)
@@ -289,13 +291,35 @@ def test_reference_codecs_are_registered():
     ("zstd-delta", {"zstd_level": 0}, r"zstd_level=0 must be an integer in 1..22"),
     ("full", {"zstd_level": 23}, r"zstd_level=23"),
     ("nnc", {"qp": 5}, r"qp=5 must be an integer in -100..0"),
-    ("topk", {"k": 3}, r"unknown parameter\(s\) \['k'\]; valid: \['dense_1d', 'fraction', 'version', 'zstd_level'\]"),
+    ("topk", {"k": 3}, r"unknown config field\(s\) \['k'\]; valid: \['dense_1d', 'fraction', 'version', 'zstd_level'\]"),
     ("quant", {"bits_1d": 1}, r"bits_1d=1 must be an integer in 2..8"),
     ("quant", {"version": 7}, r"config version 7 is not supported"),
+    # types: a flag given as a string, a bool given as a number of bits, a number given as a string
+    ("zstd-delta", {"shuffle": "no"}, r"shuffle='no' must be true or false"),
+    ("topk", {"dense_1d": 0}, r"dense_1d=0 must be true or false"),
+    ("quant", {"bits": True}, r"bits=True must be an integer in 2..8"),
+    ("topk", {"fraction": "0.1"}, r"fraction='0.1' must be in \(0, 1\]"),
+    ("nnc", {"use_dq": "yes"}, r"use_dq='yes' must be true or false"),
 ])
 def test_bad_configs_name_the_value(name, params, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(kit.ConfigError, match=match):
         make_codec(name, params)
+
+
+def test_codecs_are_kit_methods_built_by_kit_make():
+    codec = kit.make("update-codec", "topk", {"fraction": 0.05})
+    assert isinstance(codec.config, kit.MethodConfig) and codec.config.method == "topk" and codec.name == "topk"
+    assert codec.config.to_dict() == {"method": "topk", "version": 1, "fraction": 0.05, "dense_1d": True,
+                                      "zstd_level": 10}
+    assert kit.registry("update-codec") is UPDATE_CODECS and UPDATE_CODECS.entry_point_group == "nnconform.update_codecs"
+
+
+def test_a_codec_without_a_nested_config_is_refused_at_registration():
+    with pytest.raises(TypeError, match="nested `Config` derived from nnconform.kit.MethodConfig"):
+        @kit.register_method("update-codec", "test-no-config")
+        class NoConfig:  # noqa: F841
+            lossless = True
+    assert "test-no-config" not in UPDATE_CODECS.names()
 
 
 def test_unknown_codec_suggests_close_names():
@@ -315,9 +339,14 @@ def test_a_third_party_codec_goes_through_the_same_door():
     """A codec registered at run time (as a --proposal or entry point would) is encoded, pinned and verified."""
 
     class NegateCodec:  # stores -target; lossless
-        name = "test-negate"
         lossless = True
-        config = None
+
+        @dataclass(frozen=True)
+        class Config(kit.MethodConfig):
+            """No parameters."""
+
+        def __init__(self, config=None):
+            self.config = config or self.Config()
 
         def encode(self, base, target):
             from safetensors.torch import save
@@ -327,7 +356,7 @@ def test_a_third_party_codec_goes_through_the_same_door():
             from safetensors.torch import load
             return {k: -v for k, v in load(body).items()}
 
-    UPDATE_CODECS.register("test-negate", NegateCodec)
+    kit.register_method("update-codec", "test-negate")(NegateCodec)
     try:
         base, target = {"w": torch.zeros(3)}, {"w": torch.tensor([1.0, 2.0, 3.0])}
         payload = encode_update("test-negate", base, target)

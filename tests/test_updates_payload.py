@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from dataclasses import dataclass
 
 import pytest
 import torch
 from hypothesis import given, strategies as st
 
+from nnconform import kit
 from nnconform.hashing import state_dict_sha256
 from nnconform.updates import (FORMAT_VERSION, UPDATE_CODECS, BaseMismatchError, PayloadError, PayloadVersionError,
                                ReconstructionError, apply_update, encode_update, make_codec, read_header)
@@ -171,7 +173,13 @@ class _LyingCodec:
 
     name = "test-lying"
     lossless = True
-    config = None
+
+    @dataclass(frozen=True)
+    class Config(kit.MethodConfig):
+        """No parameters."""
+
+    def __init__(self, config=None):
+        self.config = config or self.Config()
 
     def encode(self, base, target):
         from safetensors.torch import save
@@ -199,7 +207,7 @@ def registered():
     names = []
 
     def add(cls):
-        UPDATE_CODECS.register(cls.name, cls)
+        kit.register_method("update-codec", cls.name)(cls)
         names.append(cls.name)
         return cls()
 
@@ -244,3 +252,20 @@ def test_exhaustive_truncations_and_byte_flips_are_refused():
         damaged = payload[:i] + bytes([payload[i] ^ 0xFF]) + payload[i + 1:]
         with pytest.raises(PayloadError):
             apply_update(base, damaged)
+
+
+def test_a_payload_pinning_a_state_of_another_architecture_is_refused():
+    """The header pins whatever state its writer chose: a crafted ``full`` payload whose body (and pin) reshapes a
+    tensor decodes "correctly" to that state, so ``apply_update`` must also check it against the base's keys,
+    shapes and dtypes (this replaced the ``updates.decoded_loads`` check, which could not fail on our own
+    payloads)."""
+    from safetensors.torch import save
+
+    base = {"w": torch.zeros(2, 3), "b": torch.zeros(3)}
+    forged = {"w": torch.ones(3, 2), "b": torch.ones(3)}
+    body = save(forged)
+    header = PayloadHeader(codec="full", config={"zstd_level": 0, "version": 1}, base_sha256=state_dict_sha256(base),
+                           target_sha256=state_dict_sha256(forged), source_sha256=state_dict_sha256(forged),
+                           body_bytes=len(body))
+    with pytest.raises(ReconstructionError, match=r"does not fit the base: .*w: \(2, 3\) torch.float32 -> \(3, 2\)"):
+        apply_update(base, pack_payload(header, body))

@@ -1,8 +1,10 @@
 """Criterion 2 (issue 4): model updates. Comparing checkpoints of a lineage and coding updates.
 
-Public API: :data:`UPDATE_CODECS` (registry), :func:`make_codec`, :func:`encode_update`,
-:func:`apply_update`, :func:`read_header`; the checkpoint comparison in :mod:`.compare`; the
-plan (lineage pairs, operating points, claims) in :mod:`.plan`; the checks in :mod:`.checks`.
+Public API: :data:`UPDATE_CODECS` (the kit's ``update-codec`` method kind), :func:`make_codec`
+(``kit.make("update-codec", ...)``), :func:`encode_update`, :func:`apply_update`,
+:func:`read_header`; the checkpoint comparison in :mod:`.compare`; the plan (lineage pairs,
+operating points, claims) in :mod:`.plan`; the checks in :mod:`.checks`; what a run computes once
+(payloads, the case pipelines) in :mod:`.runs`.
 
 Sending an update and applying it::
 
@@ -11,21 +13,22 @@ Sending an update and applying it::
     decoded = apply_update(base_state, payload)   # refuses a wrong base or damaged bytes
     model.load_state_dict(decoded.state); decoded.preprocess
 
-A proposal adds a codec with a class that has ``name``, ``lossless``, an optional frozen
-``Config`` dataclass (with ``version``), ``encode(base, target) -> bytes`` and
-``decode(base, body) -> state``, registered with ``UPDATE_CODECS.register(name)`` or the
-entry-point group ``nnconform.update_codecs``; the container adds the hashes and the checks.
+A proposal adds a codec as a class decorated with ``@kit.register_method("update-codec", name)``
+with a nested frozen ``Config(kit.MethodConfig)``, ``lossless``, ``__init__(self, config)``,
+``encode(base, target) -> bytes`` and ``decode(base, body) -> state`` (or through the entry-point
+group ``nnconform.update_codecs``); the container adds the hashes and the checks.
 """
 
-from .codec import (UPDATE_CODECS, BaseMismatchError, CodecConfig, CodecUnavailable, DecodedUpdate,
-                    ReconstructionError, UpdateCodec, apply_update, codec_config_dict, encode_update, make_codec,
-                    operating_point_label, read_header)
-from .payload import FORMAT_VERSION, PayloadError, PayloadHeader, PayloadVersionError
+from ..kit import PayloadError
+from .codec import (KIND, UPDATE_CODECS, BaseMismatchError, CodecUnavailable, DecodedUpdate, ReconstructionError,
+                    UpdateCodec, apply_update, codec_config_dict, encode_update, make_codec, operating_point_label,
+                    read_header)
+from .payload import FORMAT_VERSION, PayloadHeader, PayloadVersionError
 from .state import StateMismatchError
 from . import nnc, reference  # noqa: F401  (register the reference codecs)
 
 __all__ = [
-    "UPDATE_CODECS", "BaseMismatchError", "CodecConfig", "CodecUnavailable", "DecodedUpdate", "FORMAT_VERSION",
+    "KIND", "UPDATE_CODECS", "BaseMismatchError", "CodecUnavailable", "DecodedUpdate", "FORMAT_VERSION",
     "PayloadError", "PayloadHeader", "PayloadVersionError", "ReconstructionError", "StateMismatchError",
     "UpdateCodec", "apply_update", "codec_config_dict", "encode_update", "make_codec", "operating_point_label",
     "read_header",

@@ -11,6 +11,7 @@ import zstandard
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from ..kit import ConfigError
 from .state import StateDict, identical
 
 #: zstd refuses to inflate beyond this; a body announcing more is corrupt (8 GiB covers ViT-H).
@@ -30,10 +31,21 @@ def zstd_decompress(data: bytes) -> bytes:
     return zstandard.ZstdDecompressor().decompress(data, max_output_size=MAX_DECOMPRESSED)
 
 
+def check_int(codec: str, field: str, value, lo: int, hi: int) -> None:
+    """Validate an integer config field (``lo``..``hi``; a bool is not an integer), naming codec, field and value."""
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(f"update codec {codec!r}: {field}={value!r} must be an integer in {lo}..{hi}")
+
+
 def check_level(codec: str, level: int, lo: int = 0) -> None:
     """Validate a codec's ``zstd_level`` (``lo``..22), naming the codec and the value."""
-    if not isinstance(level, int) or not lo <= level <= 22:
-        raise ValueError(f"update codec {codec!r}: zstd_level={level!r} must be an integer in {lo}..22")
+    check_int(codec, "zstd_level", level, lo, 22)
+
+
+def check_bool(codec: str, field: str, value) -> None:
+    """Validate a boolean config field (``"no"`` or ``0`` are refused, not read as true or false)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"update codec {codec!r}: {field}={value!r} must be true or false")
 
 
 def pack_records(tensors: dict[str, torch.Tensor], level: int) -> bytes:

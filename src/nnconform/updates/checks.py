@@ -1,7 +1,8 @@
 """The checks of the model-update criterion; each returns one :class:`CheckRecord`.
 
-The conformance tests call these on real lineages; the self-tests call them on bad fixtures
-to show that each can fail.
+Every check id this criterion records is registered here (kit catalogue: one-line description and
+direction). The engine (:mod:`.runs`) calls these on real lineages; the self-tests call them on bad
+fixtures to show that each can fail.
 """
 
 from __future__ import annotations
@@ -11,17 +12,22 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
+from .. import kit
 from ..gates import get_tier, best_tier_met, non_inferiority
 from ..hashing import state_dict_sha256
+from ..kit import PayloadError
 from ..records import CheckRecord, Status, gate
 from ..stats import paired_comparison
 from .codec import BaseMismatchError, UpdateCodec, apply_update
 from .compare import CheckpointComparison, LayerChange, summarize_changes
-from .payload import FORMAT_VERSION, PayloadError, PayloadVersionError
+from .payload import FORMAT_VERSION, PayloadVersionError
 
 CRITERION = "updates"
 
 
+
+@kit.check("updates.lineage_accuracy", "A checkpoint of a lineage reproduces the top-1 its manifest documents (within "
+           "the anchor's tolerance; on a smoke set, the documented value lies in the 95% Wilson interval)", "equal")
 def check_lineage_accuracy(subject: str, measured_top1: float, documented_top1: float | None, *,
                            n: int, tolerance: float) -> CheckRecord:
     """A checkpoint of a lineage reproduces the top-1 its manifest documents, within the anchor's tolerance."""
@@ -36,6 +42,38 @@ def check_lineage_accuracy(subject: str, measured_top1: float, documented_top1: 
                         f"tolerance {tolerance:.4%}, {n} samples)")
 
 
+def check_smoke_lineage_accuracy(subject: str, measured_top1: float, documented_top1: float, *, hits: int, n: int,
+                                 ci95: tuple[float, float], dataset: str) -> CheckRecord:
+    """On a smoke set (a few labelled images), the documented top-1 lies in the 95% Wilson interval of the
+    measured one: a smoke check, not a measurement of accuracy."""
+    lo, hi = ci95
+    return gate("updates.lineage_accuracy", subject, lo <= documented_top1 <= hi, measured=measured_top1,
+                expected=documented_top1, tolerance=[lo, hi], criterion=CRITERION,
+                message=f"SMOKE CHECK on {n} {dataset} images ({hits} correct): 95% interval {lo:.3f}..{hi:.3f}; "
+                        f"not a measurement of ImageNet accuracy")
+
+
+@kit.check("updates.documented_change", "The accuracy change between two checkpoints matches the change the manifest "
+           "documents (within the anchor's tolerance; on a smoke set, inside the 95% CI of the measured change)",
+           "equal")
+def check_documented_change(subject: str, comparison: CheckpointComparison, documented: float, *, n: int,
+                            tolerance: float, smoke: bool) -> CheckRecord:
+    """The measured change (target - base top-1) reproduces the documented one."""
+    c = comparison.comparison
+    if smoke:
+        lo, hi = c.delta_ci95
+        ok, tol = lo <= documented <= hi, [lo, hi]
+        msg = (f"SMOKE CHECK on {n} images: documented change {documented:+.4%} vs measured "
+               f"{c.delta:+.4%} (95% CI {lo:+.4%}..{hi:+.4%})")
+    else:
+        ok, tol = abs(c.delta - documented) <= tolerance, tolerance
+        msg = f"measured change {c.delta:+.4%} vs documented {documented:+.4%} (tolerance {tolerance:.4%})"
+    return gate("updates.documented_change", subject, ok, measured=c.delta, expected=documented, tolerance=tol,
+                criterion=CRITERION, message=msg, details={"smoke": smoke})
+
+
+@kit.check("updates.comparison", "A lineage pair's accuracy change (paired bootstrap CI, McNemar, agreement, "
+           "per-class and per-layer weight changes), measured", "info")
 def comparison_record(subject: str, comparison: CheckpointComparison, changes: list[LayerChange]) -> CheckRecord:
     """An INFO record of a pair: accuracies, delta and CI, agreement, per-class and per-layer changes."""
     c = comparison.comparison
@@ -52,6 +90,8 @@ def comparison_record(subject: str, comparison: CheckpointComparison, changes: l
                                 "layers": [ch.to_dict() for ch in changes]})
 
 
+@kit.check("updates.reconstruction", "The payload decodes on its own base to exactly the state its header pins; a "
+           "lossless codec reproduces the target bit for bit", "equal")
 def check_reconstruction(subject: str, codec: UpdateCodec, base: Mapping[str, torch.Tensor],
                          target: Mapping[str, torch.Tensor], payload: bytes) -> tuple[CheckRecord, dict | None]:
     """The payload applies to its base, decodes to the state it promises, and a lossless codec
@@ -79,6 +119,16 @@ def check_reconstruction(subject: str, codec: UpdateCodec, base: Mapping[str, to
                          "decoded state differs from the one the header pins")), decoded.state
 
 
+@kit.check("updates.deterministic_encoding", "Encoding the same update twice gives the same payload bytes", "equal")
+def check_deterministic_encoding(subject: str, first: bytes, again: bytes, *, proposal: str = "") -> CheckRecord:
+    """Two encodings of one update are the same bytes (a receiver's hash of the payload means something)."""
+    same = first == again
+    return gate("updates.deterministic_encoding", subject, same, measured=len(again), expected=len(first),
+                criterion=CRITERION, details={"proposal": proposal},
+                message="encoding is deterministic: a second encoding gives the same bytes" if same
+                else "two encodings of the same update differ")
+
+
 def _first_difference(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> str:
     for k in sorted(a):
         if k not in b:
@@ -93,6 +143,8 @@ def _first_difference(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tenso
     return "states differ (extra keys)"
 
 
+@kit.check("updates.accuracy", "The model rebuilt from the update is non-inferior to the target checkpoint at the "
+           "claimed accuracy tier (no claim: a measured rate-accuracy point)", "higher")
 def check_update_accuracy(subject: str, *, target_correct, recon_correct, claim: str | None, update_bytes: int,
                           full_bytes: int, agreement: float, extra: dict | None = None) -> CheckRecord:
     """The model rebuilt from the update is non-inferior to the target checkpoint at the claimed accuracy tier.
@@ -136,6 +188,8 @@ def tamper_cases(payload: bytes) -> dict[str, bytes]:
     }
 
 
+@kit.check("updates.payload_safety", "Truncated, corrupted and wrong-version payloads, and a payload applied to the "
+           "wrong base, are refused with the error that names the problem", "lower")
 def check_payload_safety(subject: str, base: Mapping[str, torch.Tensor], wrong_base: Mapping[str, torch.Tensor],
                          payload: bytes, *, apply: Callable = apply_update) -> CheckRecord:
     """Damaged payloads and a wrong base are refused with a clear error, never turned into a model."""
@@ -165,3 +219,42 @@ def check_payload_safety(subject: str, base: Mapping[str, torch.Tensor], wrong_b
                 criterion=CRITERION, details={"outcomes": outcomes},
                 message=("wrong base and all %d damaged variants refused" % (len(outcomes) - 1)) if not problems
                 else "; ".join(problems))
+
+
+# ---------------------------------------------------------------------------------------------
+# Artifact-only submissions
+
+
+@kit.check("updates.submitted_file", "A submitted update payload hashes to the sha256 its manifest pins", "equal")
+def check_submitted_file(subject: str, path, data: bytes, pinned: str, *, proposal: str) -> CheckRecord:
+    """The payload file is the one the manifest pins (its sha256)."""
+    from ..hashing import sha256_bytes
+
+    digest = sha256_bytes(data)
+    same = digest == pinned
+    return gate("updates.submitted_file", subject, same, measured=digest, expected=pinned, criterion=CRITERION,
+                message=f"{path}: {len(data)} bytes, sha256 {'matches' if same else 'differs from'} the manifest's",
+                details={"proposal": proposal, "file": str(path)})
+
+
+@kit.check("updates.submitted_decode", "A submitted update payload is decoded by the reference decoders, on the base "
+           "it names, into the state its header pins, which loads into the architecture")
+def check_submitted_decode(subject: str, path, *, proposal: str, base: str, codec: str | None = None,
+                           error: Exception | None = None) -> CheckRecord:
+    """PASS with the decoder that read the payload, or FAIL with the error that refused it."""
+    if error is not None:
+        return CheckRecord("updates.submitted_decode", subject, Status.FAIL, criterion=CRITERION,
+                           message=f"{path.name} is refused by the reference decoder: {type(error).__name__}: {error}",
+                           details={"proposal": proposal, "file": str(path), "base": base})
+    return CheckRecord("updates.submitted_decode", subject, Status.PASS, criterion=CRITERION,
+                       message=f"{path.name} decoded by the reference {codec!r} decoder on {base} to the state its "
+                               f"header pins", details={"proposal": proposal, "codec": codec})
+
+
+@kit.check("updates.size_claim", "A submitted update payload is no larger than the bytes it claims", "lower")
+def check_size_claim(subject: str, size: int, claimed_bytes: int, *, proposal: str) -> CheckRecord:
+    """The payload's length is at most the size the proposal claims."""
+    ok = size <= claimed_bytes
+    return gate("updates.size_claim", subject, ok, measured=size, expected=claimed_bytes, criterion=CRITERION,
+                details={"proposal": proposal},
+                message=f"payload {size} bytes {'<=' if ok else '>'} the {claimed_bytes} bytes claimed")

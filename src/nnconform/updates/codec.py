@@ -10,24 +10,28 @@ carries the codec's name and config, the sha256 of the base and of the exact sta
 produces, and the target's preprocessing; :func:`apply_update` refuses a payload for another base,
 a damaged payload, and a decoder output that is not the promised state.
 
-Third-party codecs register through the entry-point group ``nnconform.update_codecs`` (the
-entry point names a codec class) or with ``UPDATE_CODECS.register(name)`` in a ``--proposal``
-module, exactly like the built-in ones.
+Codecs are the kit's method kind ``update-codec``: a class registered with
+``@kit.register_method("update-codec", name)`` with a nested frozen ``Config(kit.MethodConfig)``;
+``kit.make("update-codec", name, params)`` (or :func:`make_codec`) builds one. Third-party codecs
+register through the entry-point group ``nnconform.update_codecs`` (the entry point names a codec
+class) or with the decorator in a ``--proposal`` module, exactly like the built-in ones.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Protocol, runtime_checkable
 
 import torch
 
+from .. import kit
 from ..data import Preprocess
 from ..hashing import state_dict_sha256
-from ..registry import Registry
 from .payload import PayloadError, PayloadHeader, pack_payload, unpack_payload
-from .state import StateDict, canonical_state, check_compatible
+from .state import StateDict, StateMismatchError, canonical_state, check_compatible
+
+#: the kit's method kind of update codecs
+KIND = "update-codec"
 
 
 class CodecUnavailable(RuntimeError):
@@ -47,7 +51,8 @@ class UpdateCodec(Protocol):
     """Codes the difference between two checkpoints of one architecture.
 
     ``name`` is the registry name; ``lossless`` says whether ``decode(base, encode(base, target))``
-    must equal ``target`` bit for bit; ``config`` is a frozen dataclass with a ``version``.
+    must equal ``target`` bit for bit; ``config`` is an instance of the class's nested ``Config``
+    (a frozen :class:`nnconform.kit.MethodConfig` with a ``VERSION``).
     ``encode`` and ``decode`` receive canonical states (sorted keys, contiguous CPU tensors, same
     keys, shapes and dtypes). ``decode`` must be deterministic.
     """
@@ -61,58 +66,18 @@ class UpdateCodec(Protocol):
     def decode(self, base: StateDict, body: bytes) -> StateDict: ...
 
 
-UPDATE_CODECS: Registry[type] = Registry("update codec", "nnconform.update_codecs")
-
-
-# ---------------------------------------------------------------------------------------------
-# Configs
-
-
-@dataclass(frozen=True)
-class CodecConfig:
-    """Base of codec configs: frozen, validated, versioned, round-trips to a dict."""
-
-    version: int = 1
-
-    def to_dict(self) -> dict[str, Any]:
-        """Every field, including ``version``."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None, *, codec: str = "") -> "CodecConfig":
-        """Build from a manifest table or payload header; errors name the bad field and the valid ones."""
-        d = dict(d or {})
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(fields))
-        who = f"update codec {codec!r}" if codec else cls.__name__
-        if unknown:
-            raise ValueError(f"{who}: unknown parameter(s) {unknown}; valid: {sorted(fields)}")
-        current = fields["version"].default
-        if "version" in d and d["version"] != current:
-            raise ValueError(f"{who}: config version {d['version']!r} is not supported (this codec is version "
-                             f"{current})")
-        return cls(**d)
+UPDATE_CODECS = kit.method_kind(KIND, "nnconform.update_codecs")
 
 
 def make_codec(name: str, params: Mapping[str, Any] | None = None) -> UpdateCodec:
-    """Instantiate the registered codec ``name`` with ``params`` (its config fields)."""
-    cls = UPDATE_CODECS.get(name)
-    config_cls = getattr(cls, "Config", None)
-    if config_cls is None:
-        if params:
-            raise ValueError(f"update codec {name!r} takes no parameters, got {dict(params)}")
-        return cls()
-    return cls(config_cls.from_dict(params, codec=name))
+    """The registered codec ``name`` with ``params`` (its config fields): ``kit.make("update-codec", ...)``."""
+    return kit.make(KIND, name, params)
 
 
 def codec_config_dict(codec: UpdateCodec) -> dict[str, Any]:
-    """The codec's config as a plain dict (empty for a codec without config)."""
-    config = getattr(codec, "config", None)
-    if config is None:
-        return {}
-    if hasattr(config, "to_dict"):
-        return config.to_dict()
-    return dataclasses.asdict(config)
+    """The codec's config fields as a plain dict (``version`` included; the method name is the header's
+    ``codec`` and is left out, so payload bytes do not repeat it)."""
+    return {k: v for k, v in codec.config.to_dict().items() if k != "method"}
 
 
 def operating_point_label(params: Mapping[str, Any]) -> str:
@@ -178,7 +143,8 @@ def apply_update(base: Mapping[str, torch.Tensor], payload: bytes) -> DecodedUpd
 
     Raises :class:`PayloadError` (truncated, corrupted, foreign, wrong version),
     :class:`BaseMismatchError` (the payload was made for another base) or
-    :class:`ReconstructionError` (the decoder failed or produced a state with another hash).
+    :class:`ReconstructionError` (the decoder failed, or produced a state whose keys, shapes or dtypes
+    differ from the base's, or whose hash is not the one the header pins).
     """
     parsed = unpack_payload(payload)
     header = parsed.header
@@ -190,7 +156,7 @@ def apply_update(base: Mapping[str, torch.Tensor], payload: bytes) -> DecodedUpd
                                 f"apply it to the wrong checkpoint")
     try:
         codec = make_codec(header.codec, header.config)
-    except (KeyError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise PayloadError(f"payload names codec {header.codec!r} with config {header.config}: {exc}") from None
     try:
         state = canonical_state(codec.decode(base_c, parsed.body), f"{header.codec} decoder output")
@@ -199,6 +165,12 @@ def apply_update(base: Mapping[str, torch.Tensor], payload: bytes) -> DecodedUpd
     except Exception as exc:
         raise ReconstructionError(f"update codec {header.codec!r} failed to decode a {len(parsed.body)}-byte "
                                   f"body: {type(exc).__name__}: {exc}") from exc
+    try:
+        # the header pins a state, but a crafted payload could pin one of another architecture
+        check_compatible(base_c, state)
+    except StateMismatchError as exc:
+        raise ReconstructionError(f"update codec {header.codec!r} decoded a state that does not fit the base: "
+                                  f"{exc}") from None
     got = state_dict_sha256(state)
     if got != header.target_sha256:
         raise ReconstructionError(f"update codec {header.codec!r} reconstructed a state with sha256 {got}, but "

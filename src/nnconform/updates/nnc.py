@@ -22,8 +22,9 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from .codec import UPDATE_CODECS, CodecConfig, CodecUnavailable
-from .body import check_records, decode_exact, exact_record, pack_records, unpack_records
+from .. import kit
+from .codec import KIND, CodecUnavailable
+from .body import check_bool, check_int, check_records, decode_exact, exact_record, pack_records, unpack_records
 from .state import StateDict, apply_sparse, float_delta, identical, is_continuous
 
 INSTALL_HINT = ("pip install --no-deps nncodec==2.1.3 && pip install h5py ptflops torchmetrics "
@@ -55,15 +56,14 @@ def _fresh_param_base() -> dict:
     return {"parameters": {}, "put_node_depth": {}, "device_id": 0, "parameter_id": {}}
 
 
-@UPDATE_CODECS.register("nnc")
+@kit.register_method(KIND, "nnc")
 class NNCDeltaCodec:
     """Lossy NNC coding of the float deltas (DeepCABAC, dependent quantization, incremental mode)."""
 
-    name: ClassVar[str] = "nnc"
     lossless: ClassVar[bool] = False
 
     @dataclass(frozen=True)
-    class Config(CodecConfig):
+    class Config(kit.MethodConfig):
         """``qp``: NNC quantization parameter of weights (-60..0, lower is finer; step about 2^(qp/4));
         ``nonweight_qp`` for 1-D tensors; ``incremental``: code as a differential update (PUT) with
         temporal context adaptation ``tca``; ``use_dq``: dependent (trellis) quantization."""
@@ -73,13 +73,13 @@ class NNCDeltaCodec:
         incremental: bool = True
         tca: bool = False
         use_dq: bool = True
-        version: int = 1
 
         def __post_init__(self) -> None:
+            super().__post_init__()
             for field_name in ("qp", "nonweight_qp"):
-                v = getattr(self, field_name)
-                if not isinstance(v, int) or not -100 <= v <= 0:
-                    raise ValueError(f"update codec 'nnc': {field_name}={v!r} must be an integer in -100..0")
+                check_int("nnc", field_name, getattr(self, field_name), -100, 0)
+            for field_name in ("incremental", "tca", "use_dq"):
+                check_bool("nnc", field_name, getattr(self, field_name))
 
     def __init__(self, config: "NNCDeltaCodec.Config | None" = None) -> None:
         self.config = config or self.Config()

@@ -12,7 +12,7 @@ Layout (all integers big-endian)::
     checksum       32 bytes  sha256 of everything above
 
 A reader checks magic, version, lengths and checksum before it looks at the body, so a
-truncated, corrupted or foreign payload raises :class:`PayloadError` and is never decoded into a
+truncated, corrupted or foreign payload raises :class:`nnconform.kit.PayloadError` and is never decoded into a
 model. The base and target hashes are checked by :func:`nnconform.updates.apply_update`.
 """
 
@@ -24,6 +24,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from ..kit import PayloadError
+
 MAGIC = b"NNCU"
 FORMAT_VERSION = 1
 _PREFIX = struct.Struct(">4sHI")  # magic, version, header length
@@ -31,10 +33,6 @@ _CHECKSUM_BYTES = 32
 #: Headers are small JSON documents; anything larger is a corrupted length field.
 MAX_HEADER_BYTES = 1 << 20
 _HEADER_FIELDS = ("codec", "config", "base_sha256", "target_sha256", "source_sha256", "preprocess", "body_bytes")
-
-
-class PayloadError(ValueError):
-    """The bytes are not a valid update payload (truncated, corrupted, foreign or wrong version)."""
 
 
 class PayloadVersionError(PayloadError):

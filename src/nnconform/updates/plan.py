@@ -2,28 +2,32 @@
 
 Lineages come from the anchors' ``checkpoints`` (in manifest order); which pairs and which
 operating points run in each run tier, and the accuracy tier each operating point claims, are
-data in ``anchors/updates.toml``.
+data in ``anchors/updates.toml``, read by :func:`load_plan` through the kit's versioned plan loader
+(every field type-, range- and name-checked; an error names the file and the dotted field).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..paths import anchors_dir, read_toml
+from .. import kit
+from ..gates import load_tiers
 from .codec import UPDATE_CODECS, make_codec, operating_point_label
 
-RUN_TIERS = ("quick", "default", "full")
+#: The plan file layout this module reads (version 1 had ``claim`` and ``tier``-less defaults).
+PLAN_VERSION = 2
 #: ``latest``: the newest update (last consecutive pair); ``consecutive``: the earlier consecutive
 #: pairs; ``span``: the first checkpoint to the newest, when that is not already a consecutive pair.
 PAIR_KINDS = ("latest", "consecutive", "span")
+#: The claimed-tier value of a measured point (reported with the best tier it meets, not gated).
 NO_CLAIM = "none"
 
-
-class PlanError(ValueError):
-    """``anchors/updates.toml`` is malformed; the message names the field."""
+PlanError = kit.PlanError
 
 
 @dataclass(frozen=True)
@@ -54,87 +58,137 @@ def lineage_pairs(anchor_name: str, checkpoints: list[str] | tuple[str, ...]) ->
     return pairs
 
 
+def lineages() -> dict[str, tuple[str, ...]]:
+    """Every anchor with a lineage (two or more checkpoints): its checkpoint names in manifest order."""
+    from ..anchors import all_anchors
+
+    return {name: tuple(c.name for c in a.checkpoints) for name, a in all_anchors().items()
+            if len(a.checkpoints) >= 2}
+
+
 @dataclass(frozen=True)
-class OperatingPoint:
-    """One codec with fixed parameters, the run tier from which it runs, and its accuracy claims."""
+class UpdatePoint(kit.OperatingPoint):
+    """One update codec with fixed parameters.
+
+    ``claimed_tier`` is the accuracy tier claimed on every pair kind that ``pair_claims`` does not
+    name; ``pair_claims`` maps a pair kind to its own claim (None: measured there, not gated).
+    ``anchors`` limits the point to some lineages (None: every lineage). The ``label`` defaults to the
+    codec and its parameter values (``topk-0.01``).
+    """
 
     codec: str
-    params: Mapping[str, Any]
-    claims: Mapping[str, str]  # pair kind -> accuracy tier name, or "none" (measured, not gated)
-    run_tier: str = "quick"
-    description: str = ""
-    name: str = ""  # the manifest's ``label``, when the parameter values alone would read badly
-    anchors: tuple[str, ...] | None = None  # the lineages it runs on (None: every lineage)
-    proposal: str = ""  # the proposal that contributed the point ("" for the reference points)
+    params: Mapping[str, Any] = field(default_factory=dict)
+    pair_claims: Mapping[str, str | None] = field(default_factory=dict)
+    anchors: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            default = self.codec if not self.params else f"{self.codec}-{operating_point_label(self.params)}"
+            object.__setattr__(self, "label", default)
+        super().__post_init__()
+        for kind, tier in self.pair_claims.items():
+            if kind not in PAIR_KINDS:
+                raise kit.PointError(f"operating point {self.label!r}: pair_claims: {kind!r} is not a pair kind "
+                                     f"({', '.join(PAIR_KINDS)})")
+            if tier is not None and tier not in load_tiers():
+                raise kit.PointError(f"operating point {self.label!r}: pair_claims.{kind}: {tier!r} is not an "
+                                     f"accuracy tier ({', '.join(load_tiers())})")
+
+    @property
+    def id(self) -> str:
+        """The point's part of a case id (its label; the case adds the lineage pair)."""
+        return self.label
+
+    def claim_for(self, kind: str) -> str | None:
+        """The accuracy tier this point claims on a pair of ``kind`` (None: no claim, measured only)."""
+        return self.pair_claims.get(kind, self.claimed_tier)
 
     def applies_to(self, anchor: str) -> bool:
         """Whether the point runs on ``anchor``'s lineage."""
         return self.anchors is None or anchor in self.anchors
 
-    @property
-    def label(self) -> str:
-        """Readable id: ``topk-0.01``, ``quant-4``, ``full``, ``nnc-qp38``."""
-        if self.name:
-            return self.name
-        return self.codec if not self.params else f"{self.codec}-{operating_point_label(self.params)}"
-
-    def claim_for(self, kind: str) -> str | None:
-        """The accuracy tier this point claims on a pair of ``kind`` (None: no claim, measured only)."""
-        claim = self.claims.get(kind, self.claims.get("*", NO_CLAIM))
-        return None if claim == NO_CLAIM else claim
-
     def make(self):
         """A fresh codec instance."""
         return make_codec(self.codec, self.params)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for records and reports."""
+        return {**self.point_dict(), "codec": self.codec, "params": dict(self.params),
+                "pair_claims": dict(self.pair_claims), "anchors": list(self.anchors) if self.anchors else None}
+
+
+@dataclass(frozen=True)
+class UpdateArtifact(kit.OperatingPoint):
+    """An update payload submitted as a file (no code runs): it must turn the anchor's ``base`` checkpoint into a
+    model that meets ``claimed_tier`` against the ``target`` checkpoint, in at most ``claimed_bytes``.
+    ``file`` is the manifest's :class:`~nnconform.proposal.manifest.SubmittedFile` (path and pinned sha256)."""
+
+    anchor: str
+    base: str
+    target: str
+    file: Any
+
+    @property
+    def id(self) -> str:
+        """``acme-fmnist-lenet5-epoch8-finetune-q8``."""
+        return f"{self.proposal}-{self.anchor}-{self.base}-{self.target}-{self.label}"
+
+
+@dataclass(frozen=True)
+class BenchmarkPlan:
+    """Encode/decode timing rounds: fewer for models above ``large_model_params`` parameters."""
+
+    rounds: int = 3
+    large_model_params: int = 5_000_000
+    large_model_rounds: int = 1
+
+    def rounds_for(self, num_params: int) -> int:
+        """Benchmark rounds for a model of ``num_params`` parameters."""
+        return self.large_model_rounds if num_params > self.large_model_params else self.rounds
+
 
 @dataclass(frozen=True)
 class UpdatePlan:
-    """The operating points and the pair kinds of each run tier."""
+    """The operating points, the pair kinds of each run tier, and the timing rounds."""
 
     pair_kinds: Mapping[str, tuple[str, ...]]
-    points: tuple[OperatingPoint, ...]
+    points: tuple[UpdatePoint, ...]
     source: str = ""
-    benchmark: Mapping[str, Any] = field(default_factory=dict)
+    benchmark: BenchmarkPlan = BenchmarkPlan()
     #: lineages whose cases that evaluate models run in the quick tier; the others' from the default tier
     quick_eval_lineages: tuple[str, ...] | None = None
 
-    def eval_run_tier(self, anchor: str, tier: str) -> str:
-        """The run tier of a case of ``anchor`` that evaluates models and would otherwise run from ``tier``."""
-        if tier == RUN_TIERS[0] and self.quick_eval_lineages is not None and anchor not in self.quick_eval_lineages:
-            return RUN_TIERS[1]
-        return tier
+    def eval_run_tier(self, anchor: str, run_tier: str) -> str:
+        """The run tier of a case of ``anchor`` that evaluates models and would otherwise run from ``run_tier``."""
+        quick = kit.RUN_TIERS[0]
+        if run_tier == quick and self.quick_eval_lineages is not None and anchor not in self.quick_eval_lineages:
+            return kit.RUN_TIERS[1]
+        return run_tier
 
     def pair_run_tier(self, kind: str) -> str | None:
         """The lowest run tier that includes pairs of ``kind`` (None: never)."""
-        for tier in RUN_TIERS:
-            if kind in self.pair_kinds.get(tier, ()):
-                return tier
-        return None
+        return next((t for t in kit.RUN_TIERS if kind in self.pair_kinds.get(t, ())), None)
 
-    def points_with_proposals(self, proposed: tuple[OperatingPoint, ...] | list = ()) -> tuple[OperatingPoint, ...]:
-        """The plan's points, the ``proposed`` points of ``--proposal`` manifests, and one default point per
-        registered codec that neither lists.
+    def with_proposals(self, points=()) -> "UpdatePlan":
+        """The plan plus ``points`` (a proposal's) and one default point per registered codec that neither
+        lists; a label taken twice is refused, naming both contributors.
 
         A codec installed through the entry point ``nnconform.update_codecs`` runs without editing this
-        repository's manifest: with its default config, in every run tier, claiming the accuracy tier its
-        class declares as ``claim`` (default: none, a measured point).
+        repository's plan: with its default config, from the quick run tier, claiming the accuracy tier its
+        class declares as ``claimed_tier`` (default: none, a measured point).
         """
-        listed = {p.codec for p in self.points} | {p.codec for p in proposed}
-        labels = {p.label for p in self.points}
-        for p in proposed:
-            if p.label in labels:
-                raise PlanError(f"{self.source}: operating point label {p.label!r} of proposal {p.proposal!r} is "
-                                f"already taken")
-            labels.add(p.label)
-        extra = list(proposed)
+        listed = {p.codec for p in self.points} | {p.codec for p in points}
+        extra = list(points)
         for name in UPDATE_CODECS.names():
             if name not in listed:
-                claim = getattr(UPDATE_CODECS.get(name), "claim", NO_CLAIM)
-                extra.append(OperatingPoint(name, {}, {"*": claim}, "quick", f"registered codec {name!r}"))
-        return self.points + tuple(extra)
+                claimed = getattr(UPDATE_CODECS.get(name), "claimed_tier", None)
+                extra.append(UpdatePoint(name, {}, label=name, run_tier=kit.RUN_TIERS[0], claimed_tier=claimed,
+                                         description=f"registered codec {name!r}"))
+        merged = self.points + tuple(extra)
+        kit.unique_ids(merged, where=self.source)
+        return dataclasses.replace(self, points=merged)
 
-    def point(self, label: str) -> OperatingPoint:
+    def point(self, label: str) -> UpdatePoint:
         """An operating point by label; a KeyError listing the labels otherwise."""
         for p in self.points:
             if p.label == label:
@@ -142,72 +196,89 @@ class UpdatePlan:
         raise KeyError(f"no update operating point {label!r}; known: {[p.label for p in self.points]}")
 
 
-def higher_run_tier(a: str, b: str) -> str:
-    """The later of two run tiers (a case runs from the later of its pair's and its point's tier)."""
-    return max(a, b, key=RUN_TIERS.index)
+def _close(name: str, valid) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f"; did you mean {close[0]!r}?" if close else f"; known: {sorted(valid)}"
 
 
-def _parse_point(where: str, raw: dict, accuracy_tiers: set[str]) -> OperatingPoint:
-    raw = dict(raw)
-    known = {"codec", "params", "claim", "run_tier", "description", "label"}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise PlanError(f"{where}: unknown field(s) {unknown}; valid: {sorted(known)}")
-    if "codec" not in raw:
-        raise PlanError(f"{where}: missing field 'codec'")
-    claim = raw.get("claim", NO_CLAIM)
-    claims = {"*": claim} if isinstance(claim, str) else dict(claim)
-    for kind, tier in claims.items():
-        if kind != "*" and kind not in PAIR_KINDS:
-            raise PlanError(f"{where}.claim: pair kind {kind!r} is not one of {PAIR_KINDS} (or '*')")
-        if tier != NO_CLAIM and tier not in accuracy_tiers:
-            raise PlanError(f"{where}.claim: {tier!r} is not an accuracy tier {sorted(accuracy_tiers)} or {NO_CLAIM!r}")
-    run_tier = raw.get("run_tier", "quick")
-    if run_tier not in RUN_TIERS:
-        raise PlanError(f"{where}.run_tier: {run_tier!r} is not one of {RUN_TIERS}")
-    point = OperatingPoint(raw["codec"], dict(raw.get("params", {})), claims, run_tier, raw.get("description", ""),
-                           raw.get("label", ""))
-    if point.codec in UPDATE_CODECS:  # third-party codecs may register later; validate the ones we know
-        try:
-            point.make()
-        except ValueError as exc:
-            raise PlanError(f"{where}: {exc}") from None
-    return point
+def _claims(t: kit.Table) -> tuple[str | None, dict[str, str | None]]:
+    """``claimed_tier``: one accuracy tier (or "none") for every pair kind, or a table per pair kind with
+    ``"*"`` for the rest."""
+    if not t.has("claimed_tier"):
+        raise PlanError(f"{t.where}: missing 'claimed_tier' (an accuracy tier of anchors/tiers.toml, {NO_CLAIM!r} "
+                        f"for a measured point, or a table per pair kind)")
+    if not isinstance(t.data["claimed_tier"], Mapping):
+        return t.accuracy_tier("claimed_tier", none=NO_CLAIM), {}
+    sub = t.table("claimed_tier")
+    star = sub.accuracy_tier("*", none=NO_CLAIM)
+    per_kind = {}
+    for kind in PAIR_KINDS:
+        if sub.has(kind):
+            per_kind[kind] = sub.accuracy_tier(kind, none=NO_CLAIM)
+        else:
+            sub.get(kind, default=None)  # a valid key, offered as the close match of a misspelt one
+    sub.done()  # a misspelt pair kind is refused, never silently falling back to "*"
+    return star, per_kind
 
 
-def parse_plan(data: dict, source: str = "", accuracy_tiers: set[str] | None = None) -> UpdatePlan:
-    """Validate the TOML document of an update plan."""
-    if accuracy_tiers is None:
-        from ..gates import load_tiers
+def _parse_point(t: kit.Table) -> UpdatePoint:
+    codec = t.str("codec")
+    if codec not in UPDATE_CODECS:
+        raise PlanError(f"{t.at('codec')}: no update codec {codec!r} is registered{_close(codec, UPDATE_CODECS.names())}")
+    params = t.table("params", {}).rest()
+    try:
+        make_codec(codec, params)
+    except (kit.ConfigError, ValueError, TypeError) as exc:
+        raise PlanError(f"{t.at('params')}: {exc}") from None
+    claimed, per_kind = _claims(t)
+    point = dict(label=t.str("label", ""), run_tier=t.run_tier("run_tier"), description=t.str("description", ""))
+    t.done()
+    try:
+        return UpdatePoint(codec, params, pair_claims=per_kind, claimed_tier=claimed, **point)
+    except kit.PointError as exc:
+        raise PlanError(f"{t.where}: {exc}") from None
 
-        accuracy_tiers = set(load_tiers())
-    if data.get("version") != 1:
-        raise PlanError(f"{source}: version = {data.get('version')!r}; this reader understands version 1")
-    pairs = dict(data.get("pairs", {}))
-    quick_eval = pairs.pop("quick_eval_lineages", None)
-    if quick_eval is not None and not (isinstance(quick_eval, list) and all(isinstance(x, str) for x in quick_eval)):
-        raise PlanError(f"{source}: pairs.quick_eval_lineages must be a list of anchor names, got {quick_eval!r}")
-    for tier, kinds in pairs.items():
-        if tier not in RUN_TIERS:
-            raise PlanError(f"{source}: pairs.{tier}: not a run tier {RUN_TIERS}")
-        bad = [k for k in kinds if k not in PAIR_KINDS]
-        if bad:
-            raise PlanError(f"{source}: pairs.{tier}: unknown pair kind(s) {bad}; valid: {PAIR_KINDS}")
-    points = tuple(_parse_point(f"{source}: points[{i}]", p, accuracy_tiers)
-                   for i, p in enumerate(data.get("points", [])))
-    labels = [p.label for p in points]
-    dupes = sorted({x for x in labels if labels.count(x) > 1})
-    if dupes:
-        raise PlanError(f"{source}: duplicate operating point label(s) {dupes}")
-    return UpdatePlan({k: tuple(v) for k, v in pairs.items()}, points, source, dict(data.get("benchmark", {})),
+
+def parse_plan(root: kit.Table, *, known_lineages: Mapping[str, Any] | None = None) -> UpdatePlan:
+    """The plan of a checked plan file (:func:`nnconform.kit.read_plan`); ``known_lineages`` (default: the
+    anchors with lineages) are the names ``pairs.quick_eval_lineages`` may use."""
+    pairs = root.table("pairs")
+    pair_kinds = {}
+    for run_tier in kit.RUN_TIERS:
+        kinds = pairs.list(run_tier, str, [])
+        for i, kind in enumerate(kinds):
+            if kind not in PAIR_KINDS:
+                raise PlanError(f"{pairs.at(run_tier)}[{i}]: {kind!r} is not a pair kind{_close(kind, PAIR_KINDS)}")
+        pair_kinds[run_tier] = tuple(kinds)
+    quick_eval = pairs.list("quick_eval_lineages", str, None)
+    if quick_eval is not None:
+        known = lineages() if known_lineages is None else known_lineages
+        for i, name in enumerate(quick_eval):
+            if name not in known:
+                raise PlanError(f"{pairs.at('quick_eval_lineages')}[{i}]: {name!r} is not an anchor with a lineage "
+                                f"(two or more checkpoints){_close(name, known)}")
+    pairs.done()
+    points = tuple(_parse_point(t) for t in root.tables("points"))
+    try:
+        kit.unique_ids(points, where=root.where)
+    except kit.PointError as exc:
+        raise PlanError(str(exc)) from None
+    bench = root.table("benchmark", {})
+    benchmark = BenchmarkPlan(bench.int("rounds", 3, min=1), bench.int("large_model_params", 5_000_000, min=1),
+                              bench.int("large_model_rounds", 1, min=1))
+    bench.done()
+    root.done()
+    return UpdatePlan(pair_kinds, points, root.where, benchmark,
                       tuple(quick_eval) if quick_eval is not None else None)
 
 
-@functools.lru_cache(maxsize=4)
-def _load(path: Path) -> UpdatePlan:
-    return parse_plan(read_toml(path, PlanError), str(path))
+@functools.lru_cache(maxsize=1)
+def _repository_plan() -> UpdatePlan:
+    return parse_plan(kit.read_plan("updates", version=PLAN_VERSION, tables=("pairs", "points", "benchmark")))
 
 
 def load_plan(path: str | Path | None = None) -> UpdatePlan:
-    """The update plan from ``anchors/updates.toml`` (or ``path``)."""
-    return _load(Path(path) if path else anchors_dir() / "updates.toml")
+    """The update plan from ``anchors/updates.toml`` (read once per process), or from ``path``."""
+    if path is None:
+        return _repository_plan()
+    return parse_plan(kit.read_plan("updates", path, version=PLAN_VERSION, tables=("pairs", "points", "benchmark")))

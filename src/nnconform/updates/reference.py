@@ -24,29 +24,29 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .body import (check_level, check_records, decode_exact, exact_record, pack_records, unpack_records,
-                   zstd_compress, zstd_decompress)
-from .codec import UPDATE_CODECS, CodecConfig
+from .. import kit
+from .body import (check_bool, check_int, check_level, check_records, decode_exact, exact_record, pack_records,
+                   unpack_records, zstd_compress, zstd_decompress)
+from .codec import KIND
 from .state import StateDict, apply_sparse, as_bytes, float_delta, from_bytes, identical, is_continuous
 
 # ---------------------------------------------------------------------------------------------
 
 
-@UPDATE_CODECS.register("full")
+@kit.register_method(KIND, "full")
 class FullCheckpointCodec:
     """Send the whole target (safetensors; zstd at ``zstd_level`` > 0). Lossless; ignores the base's values."""
 
-    name: ClassVar[str] = "full"
     lossless: ClassVar[bool] = True
 
     @dataclass(frozen=True)
-    class Config(CodecConfig):
+    class Config(kit.MethodConfig):
         """``zstd_level`` 0 sends the raw safetensors file (the reference size of every ratio)."""
 
         zstd_level: int = 0
-        version: int = 1
 
         def __post_init__(self) -> None:
+            super().__post_init__()
             check_level("full", self.zstd_level)
 
     def __init__(self, config: "FullCheckpointCodec.Config | None" = None) -> None:
@@ -74,22 +74,22 @@ def _unshuffle(raw: torch.Tensor, itemsize: int) -> torch.Tensor:
     return raw.reshape(itemsize, -1).t().contiguous().reshape(-1) if itemsize > 1 else raw
 
 
-@UPDATE_CODECS.register("zstd-delta")
+@kit.register_method(KIND, "zstd-delta")
 class ZstdDeltaCodec:
     """Lossless dense delta: XOR of bit patterns, byte-plane shuffle, zstd."""
 
-    name: ClassVar[str] = "zstd-delta"
     lossless: ClassVar[bool] = True
 
     @dataclass(frozen=True)
-    class Config(CodecConfig):
+    class Config(kit.MethodConfig):
         """``zstd_level`` 1..22 trades encode time for size; ``shuffle`` groups byte planes."""
 
         zstd_level: int = 10
         shuffle: bool = True
-        version: int = 1
 
         def __post_init__(self) -> None:
+            super().__post_init__()
+            check_bool("zstd-delta", "shuffle", self.shuffle)
             check_level("zstd-delta", self.zstd_level, lo=1)
 
     def __init__(self, config: "ZstdDeltaCodec.Config | None" = None) -> None:
@@ -132,15 +132,14 @@ def _index_dtype(numel: int) -> torch.dtype:
     return torch.int64
 
 
-@UPDATE_CODECS.register("topk")
+@kit.register_method(KIND, "topk")
 class TopKDeltaCodec:
     """Lossy sparse delta: per float tensor, keep the ``fraction`` of elements that changed most."""
 
-    name: ClassVar[str] = "topk"
     lossless: ClassVar[bool] = False
 
     @dataclass(frozen=True)
-    class Config(CodecConfig):
+    class Config(kit.MethodConfig):
         """``fraction`` in (0, 1]: kept share of each float tensor's elements (at least one when it changed).
         ``dense_1d``: send every change of 0-d and 1-D tensors (biases, BatchNorm parameters and running
         statistics), a negligible share of the bytes (NNC likewise codes them with a finer step)."""
@@ -148,11 +147,11 @@ class TopKDeltaCodec:
         fraction: float = 0.01
         dense_1d: bool = True
         zstd_level: int = 10
-        version: int = 1
 
         def __post_init__(self) -> None:
-            if not isinstance(self.fraction, (int, float)) or not 0 < self.fraction <= 1:
-                raise ValueError(f"update codec 'topk': fraction={self.fraction!r} must be in (0, 1]")
+            super().__post_init__()
+            self._check_range("fraction", 0, 1, lo_open=True)
+            check_bool("topk", "dense_1d", self.dense_1d)
             check_level("topk", self.zstd_level, lo=1)
 
     def __init__(self, config: "TopKDeltaCodec.Config | None" = None) -> None:
@@ -227,15 +226,14 @@ def _unpack_nibbles(packed: torch.Tensor, n: int) -> torch.Tensor:
     return u.to(torch.int16) - 8
 
 
-@UPDATE_CODECS.register("quant")
+@kit.register_method(KIND, "quant")
 class UniformQuantDeltaCodec:
     """Lossy quantized delta: symmetric uniform levels, one step per float tensor, zstd-coded."""
 
-    name: ClassVar[str] = "quant"
     lossless: ClassVar[bool] = False
 
     @dataclass(frozen=True)
-    class Config(CodecConfig):
+    class Config(kit.MethodConfig):
         """``bits`` in 2..8: levels are -(2^(bits-1)-1)..2^(bits-1)-1 times max|delta| / (2^(bits-1)-1).
         ``bits_1d`` (2..8) applies to 0-d and 1-D tensors (biases, BatchNorm parameters and running
         statistics), whose one-step-per-tensor quantization is coarse and whose bytes are negligible;
@@ -244,13 +242,11 @@ class UniformQuantDeltaCodec:
         bits: int = 8
         bits_1d: int = 8
         zstd_level: int = 10
-        version: int = 1
 
         def __post_init__(self) -> None:
+            super().__post_init__()
             for name in ("bits", "bits_1d"):
-                v = getattr(self, name)
-                if not isinstance(v, int) or not 2 <= v <= 8:
-                    raise ValueError(f"update codec 'quant': {name}={v!r} must be an integer in 2..8")
+                check_int("quant", name, getattr(self, name), 2, 8)
             check_level("quant", self.zstd_level, lo=1)
 
     def __init__(self, config: "UniformQuantDeltaCodec.Config | None" = None) -> None:
