@@ -4,12 +4,18 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.nnconform-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup conformance test benchmark zoo clean-cache
+.PHONY: setup lock conformance test benchmark zoo clean-cache
 
-$(STAMP): pyproject.toml scripts/setup.sh
+$(STAMP): pyproject.toml requirements.lock scripts/setup.sh
 	bash scripts/setup.sh
 
+## .venv from requirements.lock (hash-checked), plus the Debian data and browser packages.
 setup: $(STAMP)
+
+## Regenerate requirements.lock from pyproject.toml, requirements.in and requirements-nodeps.in
+## (uv pip compile --generate-hashes; `bash scripts/lock.sh --upgrade` moves every pin).
+lock:
+	bash scripts/lock.sh
 
 ## The main job: the conformance suite on the embedded default anchors; writes reports/<run-id>/.
 conformance: $(STAMP)
@@ -22,9 +28,11 @@ test: $(STAMP)
 benchmark: $(STAMP)
 	$(PY) benchmarks/bench_engine.py
 
-## Retrain the embedded zoo (deterministic recipe; rewrites anchors/zoo.toml and its weights).
+## Rebuild the embedded zoo into .cache/zoo-rebuild and compare it with the committed checkpoints
+## (bit-identical on the machine that built them; elsewhere within the band in anchors/zoo.toml).
+## Rewriting the committed weights is deliberate: python -m nnconform.zoo build --force.
 zoo: $(STAMP)
-	$(PY) -m nnconform.zoo build
+	$(PY) -m nnconform.zoo compare --into .cache/zoo-rebuild --force
 
 clean-cache:
 	rm -rf .cache/nnconform

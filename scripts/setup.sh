@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up nnconform on a fresh Debian/Ubuntu machine with Python 3.11: a .venv in the repository
-# root with every Python dependency, and the Fashion-MNIST data package when we may install it.
+# root with every Python dependency installed from requirements.lock (hash-checked), and the
+# Fashion-MNIST data package when we may install it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -17,16 +18,20 @@ if [ ! -x .venv/bin/python ]; then
     fi
   fi
 fi
-pip_q --upgrade pip
-# torch first and pinned: the CUDA wheels of 2.14.1 run on the CPU; torchvision 0.29.1 matches it.
-pip_q torch==2.14.1 torchvision==0.29.1
-pip_q -e ".[test]"
-# foolbox ships the 20 labelled ImageNet sample images we use offline; its code is never imported.
-pip_q --no-deps foolbox==3.3.4
-# MPEG NNC reference codec (Fraunhofer HHI); its numpy<2 pin is not needed, so no deps from it.
-# Builds a C++ extension (about 2.5 minutes).
-pip_q h5py ptflops torchmetrics opencv-python-headless
-.venv/bin/python -c "import nncodec" 2>/dev/null || pip_q --no-deps nncodec==2.1.3
+# Every Python dependency from requirements.lock (`make lock` writes it): exact versions, sha256
+# hashes checked, no resolver (the lock is complete, so --no-deps). nncodec waits for the second
+# step: its sdist builds against the setuptools, wheel and pybind11 the first step installs.
+LOCK_MAIN=$(mktemp) LOCK_NNCODEC=$(mktemp)
+trap 'rm -f "$LOCK_MAIN" "$LOCK_NNCODEC"' EXIT
+awk '/^[^ #]/ { skip = ($0 ~ /^nncodec==/) } !skip' requirements.lock > "$LOCK_MAIN"
+awk '/^[^ #]/ { keep = ($0 ~ /^nncodec==/) } keep' requirements.lock > "$LOCK_NNCODEC"
+pip_q --require-hashes --no-deps -r "$LOCK_MAIN"
+# MPEG NNC reference codec (Fraunhofer HHI), from its sdist (a C++ extension, about 2.5 minutes;
+# skipped when the locked version is installed). Its numpy<2 pin is not needed, hence --no-deps.
+pip_q --require-hashes --no-deps --no-build-isolation -r "$LOCK_NNCODEC"
+# nnconform itself, editable (its dependencies are all in the lock). foolbox, in the lock with
+# --no-deps, ships the 20 labelled ImageNet sample images we use offline; its code is never imported.
+pip_q --no-deps --no-build-isolation -e .
 
 # System packages, installed only when missing: the Fashion-MNIST data, and headless Chromium with
 # its driver for the self-test that renders the HTML report (tests/test_report_render.py).
