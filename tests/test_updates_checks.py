@@ -221,3 +221,82 @@ def test_comparison_finds_improved_and_regressed_classes():
 def test_comparison_refuses_mismatched_lengths():
     with pytest.raises(ValueError, match="one entry per sample"):
         compare_predictions("b", "t", labels=[0, 1], base_pred=[0], target_pred=[0, 1], classes=["a", "b"])
+
+
+# -- checks moved out of the conformance file ------------------------------------------------------
+
+
+def _comparison(delta_flips: int):
+    labels = np.repeat(np.arange(2), 500)
+    base_pred, target_pred = labels.copy(), labels.copy()
+    base_pred[:delta_flips] = 1  # the target fixes ``delta_flips`` of the base's mistakes
+    return compare_predictions("b", "t", labels=labels, base_pred=base_pred, target_pred=target_pred,
+                               classes=["x", "y"])
+
+
+def test_documented_change_passes_when_reproduced_and_fails_when_not():
+    from nnconform.updates.checks import check_documented_change
+
+    cmp = _comparison(100)  # measured change +10%
+    ok = check_documented_change("p", cmp, 0.10, n=1000, tolerance=0.005, smoke=False)
+    bad = check_documented_change("p", cmp, 0.05, n=1000, tolerance=0.005, smoke=False)
+    assert ok.status is Status.PASS and bad.status is Status.FAIL and "documented +5.0000%" in bad.message
+    smoke_bad = check_documented_change("p", cmp, -0.2, n=1000, tolerance=0.005, smoke=True)
+    assert smoke_bad.status is Status.FAIL and smoke_bad.message.startswith("SMOKE CHECK")
+
+
+def test_smoke_lineage_accuracy_fails_outside_the_wilson_interval():
+    from nnconform.updates.checks import check_smoke_lineage_accuracy
+
+    ok = check_smoke_lineage_accuracy("a/ck", 0.8, 0.75, hits=16, n=20, ci95=(0.58, 0.92), dataset="imagenet")
+    bad = check_smoke_lineage_accuracy("a/ck", 0.8, 0.2, hits=16, n=20, ci95=(0.58, 0.92), dataset="imagenet")
+    assert ok.status is Status.PASS and bad.status is Status.FAIL and bad.tolerance == [0.58, 0.92]
+
+
+def test_deterministic_encoding_fails_on_different_bytes():
+    from nnconform.updates.checks import check_deterministic_encoding
+
+    base, target = _pair()
+    first = encode_update(make_codec("quant"), base, target)
+    again = encode_update(make_codec("quant"), base, target)
+    assert check_deterministic_encoding("s", first, again).status is Status.PASS
+    bad = check_deterministic_encoding("s", first, first + b"\0", proposal="acme")
+    assert bad.status is Status.FAIL and bad.message == "two encodings of the same update differ"
+    assert bad.details["proposal"] == "acme"
+
+
+def test_submitted_file_decode_and_size_checks_fail_on_bad_inputs(tmp_path):
+    from pathlib import Path
+
+    from nnconform.hashing import sha256_bytes
+    from nnconform.updates.checks import check_size_claim, check_submitted_decode, check_submitted_file
+
+    data = b"payload"
+    path = Path(tmp_path / "u.update")
+    assert check_submitted_file("s", path, data, sha256_bytes(data), proposal="p").status is Status.PASS
+    bad = check_submitted_file("s", path, data, "0" * 64, proposal="p")
+    assert bad.status is Status.FAIL and "differs from the manifest's" in bad.message
+    assert check_size_claim("s", 10, 10, proposal="p").status is Status.PASS
+    assert check_size_claim("s", 11, 10, proposal="p").status is Status.FAIL
+    refused = check_submitted_decode("s", path, proposal="p", base="epoch8", error=BaseMismatchError("other base"))
+    assert refused.status is Status.FAIL and "BaseMismatchError: other base" in refused.message
+    assert check_submitted_decode("s", path, proposal="p", base="epoch8", codec="quant").status is Status.PASS
+
+
+def test_every_check_id_the_criterion_records_is_registered():
+    """The report explains ids from the kit catalogue (an unregistered id fails its record): every
+    ``updates.*`` id written in the criterion's engine or conformance file must be registered, with a
+    direction, and nothing else may be registered under ``updates.``."""
+    import re
+    from pathlib import Path
+
+    from nnconform import kit
+
+    src = Path(__file__).resolve().parents[1]
+    texts = [p.read_text() for p in (src / "src/nnconform/updates").glob("*.py")]
+    texts.append((src / "conformance/test_updates.py").read_text())
+    used = {m for t in texts for m in re.findall(r"\"(updates\.[a-z_]+)\"", t)}
+    registered = {k: v for k, v in kit.catalogue().items() if k.startswith("updates.")}
+    assert used and used == set(registered), (used ^ set(registered))
+    assert all(info.direction in kit.checks.DIRECTIONS for info in registered.values())
+    assert "updates.decoded_loads" not in registered  # removed: it could not fail (see test_updates_payload)
