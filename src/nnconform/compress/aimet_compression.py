@@ -30,8 +30,9 @@ import torch
 from torch import nn
 
 from ..hashing import module_sha256, sha256_bytes
-from .base import (CompressedModel, CompressionContext, CompressionError, CompressorConfig, CompressorUnavailable,
-                   register_compressor)
+from ..kit import register_method
+from .base import (CompressedModel, CompressionContext, CompressionError, Compressor, CompressorConfig,
+                   CompressorUnavailable)
 from .baselines import decode_float_model, encode_float_model
 
 _CWD_LOCK = threading.Lock()
@@ -101,58 +102,58 @@ class AimetCompressionConfig(CompressorConfig):
             raise ValueError(f"{self.method}: ignore must be a list of module names, got {self.ignore!r}")
 
 
-@dataclass(frozen=True)
-class AimetChannelPruningConfig(AimetCompressionConfig):
-    """Channel pruning adds the reconstruction step: ``reconstruction_samples`` calibration images."""
-
-    reconstruction_samples: int = 512
-    batch_size: int = 64
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._check_range("reconstruction_samples", 1, 1_000_000)
-        self._check_range("batch_size", 1, 4096)
-
-
 def _eval_scores_key(model: nn.Module, config: AimetCompressionConfig, ctx: CompressionContext) -> str:
     spec = config.to_dict()
     spec.pop("target_ratio")
-    spec.pop("claimed_tier")
     spec.update(model=module_sha256(model), calibration=ctx.calibration.fingerprint)
     return sha256_bytes(json.dumps(spec, sort_keys=True).encode())[:24]
 
 
-def _read_eval_scores(path: Path) -> dict[str, dict[Decimal, float]] | None:
-    """The cached per-layer eval scores (JSON), validated; None when absent or malformed."""
-    if not path.is_file():
+def _scores_store(ctx: CompressionContext):
+    """The store of per-layer eval scores in the run's cache (None without a cache)."""
+    from ..store import ContentStore
+
+    return ContentStore(ctx.cache_dir / "aimet-eval-scores", "AIMET eval-score cache") if ctx.cache_dir else None
+
+
+def _parse_eval_scores(raw) -> dict[str, dict[Decimal, float]]:
+    """``{layer: {ratio: score}}`` from JSON, every ratio a Decimal and every score a float in [0, 1]."""
+    scores = {str(layer): {Decimal(str(r)): float(s) for r, s in table.items()} for layer, table in raw.items()}
+    bad = [(layer, str(r), s) for layer, table in scores.items() for r, s in table.items() if not 0.0 <= s <= 1.0]
+    if bad:
+        raise ValueError(f"eval scores must be top-1 fractions in [0, 1]: {bad[:3]}")
+    if not scores:
+        raise ValueError("no layers")
+    return scores
+
+
+def _read_eval_scores(store, key: str) -> dict[str, dict[Decimal, float]] | None:
+    """The cached per-layer eval scores, verified (checksum) and validated; None when absent or corrupt."""
+    entry = store.get(key)
+    if entry is None:
         return None
     try:
-        raw = json.loads(path.read_text())
-        scores = {str(layer): {Decimal(str(r)): float(s) for r, s in table.items()} for layer, table in raw.items()}
-    except (ValueError, TypeError, AttributeError, ArithmeticError):
+        return _parse_eval_scores(json.loads(entry.files["scores.json"]))
+    except (KeyError, ValueError, TypeError, AttributeError, ArithmeticError) as exc:
+        store.report_corrupt(key, f"{type(exc).__name__}: {exc}")
         return None
-    return scores or None
 
 
-def _write_eval_scores(path: Path, scores: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({layer: {str(r): float(s) for r, s in table.items()} for layer, table in scores.items()},
-                              indent=1, sort_keys=True))
-    os.replace(tmp, path)
+def _write_eval_scores(store, key: str, scores: dict) -> None:
+    data = json.dumps({layer: {str(r): float(s) for r, s in table.items()} for layer, table in scores.items()},
+                      indent=1, sort_keys=True)
+    store.put(key, {"scores.json": data.encode()})
 
 
-class AimetCompressor:
-    """Shared handler of the three AIMET compression schemes."""
-
-    name = ""
-    config_cls: type[AimetCompressionConfig] = AimetCompressionConfig
-    description = ""
+class AimetCompressor(Compressor):
+    """Shared base of the three AIMET compression schemes (each registers itself with its own ``Config``)."""
 
     def _scheme_params(self, model, config, ctx, greedy, cdefs, tdefs, ignore_modules):
         raise NotImplementedError
 
-    def compress(self, model: nn.Module, config: AimetCompressionConfig, ctx: CompressionContext) -> CompressedModel:
+    def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressedModel:
+        """``ModelCompressor.compress_model`` in auto mode; the artifact is structure changes + float32 safetensors."""
+        config = self.config
         ModelCompressor, cdefs, tdefs = _import_aimet_compress()
         reference = copy.deepcopy(model).eval()
         work = copy.deepcopy(model).eval()
@@ -172,9 +173,9 @@ class AimetCompressor:
                     hits += int((m(x_eval[start:start + 256]).argmax(1) == y_eval[start:start + 256]).sum())
             return hits / len(x_eval)
 
-        scores_dir = ctx.cache_dir / "aimet-eval-scores" if ctx.cache_dir else None
-        scores_path = scores_dir / f"{self.name}-{_eval_scores_key(model, config, ctx)}.json" if scores_dir else None
-        cached = _read_eval_scores(scores_path) if scores_path else None
+        scores_store = _scores_store(ctx)
+        scores_key = f"{self.name}-{_eval_scores_key(model, config, ctx)}"
+        cached = _read_eval_scores(scores_store, scores_key) if scores_store else None
         with aimet_workdir(ctx.workdir / "aimet") as folder:
             saved = None
             if cached is not None:
@@ -195,10 +196,10 @@ class AimetCompressor:
                 raise
             except Exception as exc:
                 raise CompressionError(f"AIMET {SCHEMES[self.name]} failed: {type(exc).__name__}: {exc}") from exc
-            if cached is None and scores_path is not None:
+            if cached is None and scores_store is not None:
                 fresh = _read_aimet_eval_scores(folder / "data" / "greedy_selection_eval_scores_dict.pkl")
                 if fresh:
-                    _write_eval_scores(scores_path, fresh)
+                    _write_eval_scores(scores_store, scores_key, fresh)
         compressed = compressed.eval()
         artifact = encode_float_model(compressed, reference, fmt="safetensors+structure",
                                       extra_header={"aimet_scheme": SCHEMES[self.name]})
@@ -206,7 +207,8 @@ class AimetCompressor:
             "aimet_stats": _stats_dict(stats), "eval_scores_cached": cached is not None,
             "eval_samples": len(x_eval)})
 
-    def decode(self, artifact, template, config, ctx) -> nn.Module:
+    def decode(self, artifact, template, ctx) -> nn.Module:
+        """The restructured float model back onto the template."""
         return decode_float_model(artifact, template)
 
 
@@ -253,22 +255,14 @@ def _stats_dict(stats) -> dict:
     return out
 
 
-@dataclass(frozen=True)
-class AimetSpatialSvdConfig(AimetCompressionConfig):
-    """AIMET spatial SVD: each k x k conv becomes a k x 1 then a 1 x k conv of a chosen rank."""
-
-
-@dataclass(frozen=True)
-class AimetWeightSvdConfig(AimetCompressionConfig):
-    """AIMET weight SVD: each conv/linear becomes two of a chosen rank (1 x 1 second factor)."""
-
-
-@register_compressor
+@register_method("compressor", "aimet-ssvd")
 class AimetSpatialSvd(AimetCompressor):
     """AIMET spatial SVD (auto mode, greedy selection, MAC cost)."""
 
-    name = "aimet-ssvd"
-    config_cls = AimetSpatialSvdConfig
+    @dataclass(frozen=True)
+    class Config(AimetCompressionConfig):
+        """AIMET spatial SVD: each k x k conv becomes a k x 1 then a 1 x k conv of a chosen rank."""
+
     description = "AIMET ModelCompressor.compress_model: spatial SVD, greedy selection, cost metric MAC"
 
     def _scheme_params(self, model, config, ctx, greedy, cdefs, tdefs, ignore_modules):
@@ -278,12 +272,14 @@ class AimetSpatialSvd(AimetCompressor):
         return cdefs.CompressionScheme.spatial_svd, p
 
 
-@register_compressor
+@register_method("compressor", "aimet-wsvd")
 class AimetWeightSvd(AimetCompressor):
     """AIMET weight SVD (auto mode, greedy rank selection, MAC cost)."""
 
-    name = "aimet-wsvd"
-    config_cls = AimetWeightSvdConfig
+    @dataclass(frozen=True)
+    class Config(AimetCompressionConfig):
+        """AIMET weight SVD: each conv/linear becomes two of a chosen rank (1 x 1 second factor)."""
+
     description = "AIMET ModelCompressor.compress_model: weight SVD, greedy rank selection, cost metric MAC"
 
     def _scheme_params(self, model, config, ctx, greedy, cdefs, tdefs, ignore_modules):
@@ -294,12 +290,22 @@ class AimetWeightSvd(AimetCompressor):
         return cdefs.CompressionScheme.weight_svd, p
 
 
-@register_compressor
+@register_method("compressor", "aimet-cp")
 class AimetChannelPruning(AimetCompressor):
     """AIMET channel pruning (auto mode, greedy selection, MAC cost, reconstruction on calibration)."""
 
-    name = "aimet-cp"
-    config_cls = AimetChannelPruningConfig
+    @dataclass(frozen=True)
+    class Config(AimetCompressionConfig):
+        """Channel pruning adds the reconstruction step: ``reconstruction_samples`` calibration images."""
+
+        reconstruction_samples: int = 512
+        batch_size: int = 64
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            self._check_range("reconstruction_samples", 1, 1_000_000)
+            self._check_range("batch_size", 1, 4096)
+
     description = ("AIMET ModelCompressor.compress_model: channel pruning with weight reconstruction, "
                    "greedy selection, cost metric MAC")
 

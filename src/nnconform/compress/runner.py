@@ -14,15 +14,13 @@ The checks that make sizes honest:
   decode of the artifact has the same fingerprint as the model that is evaluated: the evaluated
   model is the one rebuilt from the artifact, and it is deterministic.
 
-Artifacts are cached on disk by (anchor weights, method, config, calibration, versions), so a
-rerun decodes instead of compressing; the evaluation cache then makes the forward passes free.
+Artifacts are cached on disk by (anchor weights, method, config, the method's source file,
+calibration, versions), so a rerun decodes instead of compressing; the evaluation cache then makes the forward passes free.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
 import shutil
 import tempfile
 import time
@@ -34,19 +32,18 @@ import torch
 from torch import nn
 
 from ..hashing import class_source_sha256, module_sha256, sha256_bytes
-from ..records import CheckRecord, Status, gate
-from .base import (Artifact, ArtifactError, CalibrationSet, CompressedModel, CompressionContext, CompressorUnavailable,
-                   get_compressor)
-from .metrics import CompressionMetrics, accuracy_record, compute_metrics
+from ..records import CheckRecord, Status
+from ..store import FORMAT as STORE_FORMAT, ContentStore
+from .base import (DEFAULT_DECODE_TOLERANCE, Artifact, ArtifactError, CalibrationSet, CompressedModel,
+                   CompressionContext, CompressorUnavailable, compressor_class)
+from .checks import (check_accuracy, check_artifact_consistency, check_evaluated_output, check_output,
+                     check_size_reported, forward)
+from .metrics import CompressionMetrics, compute_metrics
+from .plan import CompressionPoint
 from .serialize import OnnxModule, fp32_state_bytes, onnx_parameter_count, poisoned_template
-from .suite import OperatingPoint
 
 ENGINE_VERSION = "2"
 PROBE_SAMPLES = 32
-#: Relative tolerance of the decoded model against the method's own module, unless the handler
-#: sets ``decode_tolerance`` (an ONNX runtime computing integer kernels differs from AIMET's
-#: fake-quantization simulation by a rounding step here and there).
-DEFAULT_DECODE_TOLERANCE = 1e-4
 CRITERION = "compression"
 
 
@@ -78,7 +75,7 @@ class AnchorUnderTest:
 class CaseOutcome:
     """Everything one case produced: records, the decoded model, metrics."""
 
-    point: OperatingPoint
+    point: CompressionPoint
     records: list[CheckRecord] = field(default_factory=list)
     decoded: nn.Module | None = None
     metrics: CompressionMetrics | None = None
@@ -98,62 +95,63 @@ class CaseOutcome:
 
 
 class CompressionCache:
-    """Artifacts (plus the method's probe outputs) on disk, one folder per case key."""
+    """Artifacts (plus the method's probe outputs) on disk: one verified store entry per case key.
+
+    An entry holds the artifact's files under their own names, the probe logits
+    (``probe.safetensors``) and, in its checksummed manifest, what ``meta.json`` used to hold. A
+    corrupt entry (bit flip, truncation, an edited value) is warned about and compressed again.
+    """
+
+    PROBE = "probe.safetensors"
 
     def __init__(self, root: Path | None) -> None:
         self.root = Path(root) / "compress" if root else None
+        self.entries = ContentStore(self.root, "compression cache") if self.root else None
 
-    def key(self, point: OperatingPoint, model: nn.Module, calibration: CalibrationSet) -> str:
-        config = point.config.to_dict()
-        config.pop("claimed_tier", None)  # a claim does not change the artifact
-        spec = {"engine": ENGINE_VERSION, "config": config, "model": module_sha256(model),
-                "calibration": calibration.fingerprint, "torch": torch.__version__, "versions": _tool_versions()}
-        if point.proposal:  # a proposal's code changes between submissions; the built-ins change with ENGINE_VERSION
-            spec["handler_source"] = class_source_sha256(get_compressor(point.method))
+    def key(self, point: CompressionPoint, model: nn.Module, calibration: CalibrationSet, compressor) -> str:
+        """The entry of one case: the method's config and the sha256 of its class's source file (an edited
+        method, built in or a proposal's, is compressed again), the anchor's weights, the calibration set,
+        the engine, store format and tool versions. Claims are the point's: they never change the artifact."""
+        # the store format is in the key: folders of the old layout (no manifest) are misses, not "corrupt"
+        spec = {"engine": ENGINE_VERSION, "store": STORE_FORMAT, "config": point.config.to_dict(),
+                "model": module_sha256(model), "calibration": calibration.fingerprint, "torch": torch.__version__,
+                "versions": _tool_versions(), "handler_source": class_source_sha256(compressor)}
         return sha256_bytes(json.dumps(spec, sort_keys=True).encode())
 
     def load(self, key: str) -> tuple[CompressedModel, torch.Tensor] | None:
-        if self.root is None:
+        """The cached (result, probe logits) of ``key``; None when absent or corrupt (then warned)."""
+        if self.entries is None:
             return None
-        folder = self.root / key
-        try:
-            meta = json.loads((folder / "meta.json").read_text())
-            artifact = Artifact.read(folder, meta["files"], meta["format"])
-            if artifact.sha256 != meta["artifact_sha256"]:
-                return None
-            from safetensors.torch import load_file
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        from safetensors import SafetensorError
+        from safetensors.torch import load
 
-            probe = load_file(str(folder / "probe.safetensors"))["logits"]
-        except (OSError, ValueError, KeyError, ArtifactError):
+        meta = entry.meta
+        try:
+            artifact = Artifact({n: entry.files[n] for n in meta["files"]}, meta["format"])
+            if artifact.sha256 != meta["artifact_sha256"]:
+                raise ValueError(f"artifact sha256 {artifact.sha256[:12]} != {str(meta['artifact_sha256'])[:12]}")
+            probe = load(entry.files[self.PROBE])["logits"]
+            result = CompressedModel(None, artifact, meta["reported_bytes"], meta.get("params"), meta.get("macs"),
+                                     meta.get("metadata", {}))
+        except (SafetensorError, KeyError, TypeError, ValueError) as exc:  # verified bytes, unusable content
+            self.entries.report_corrupt(key, f"{type(exc).__name__}: {exc}")
             return None
-        result = CompressedModel(None, artifact, meta["reported_bytes"], meta.get("params"), meta.get("macs"),
-                                 meta.get("metadata", {}))
         return result, probe
 
     def store(self, key: str, result: CompressedModel, probe: torch.Tensor, config: dict) -> None:
-        if self.root is None:
+        """Store a checked artifact and its probe logits as entry ``key`` (atomic, safe beside other runs)."""
+        if self.entries is None or self.PROBE in result.artifact.files:  # a name clash is simply not cached
             return
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        final = self.root / key
-        tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=".tmp-")) if self.root.exists() else None
-        if tmp is None:
-            self.root.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=".tmp-"))
-        try:
-            result.artifact.write(tmp)
-            save_file({"logits": probe.contiguous()}, str(tmp / "probe.safetensors"))
-            meta = {"files": list(result.artifact.files), "format": result.artifact.format,
-                    "artifact_sha256": result.artifact.sha256, "reported_bytes": result.reported_bytes,
-                    "params": result.params, "macs": result.macs, "metadata": _jsonable(result.metadata),
-                    "config": config}
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        meta = {"files": list(result.artifact.files), "format": result.artifact.format,
+                "artifact_sha256": result.artifact.sha256, "reported_bytes": result.reported_bytes,
+                "params": result.params, "macs": result.macs, "metadata": _jsonable(result.metadata),
+                "config": config}
+        self.entries.put(key, {**result.artifact.files, self.PROBE: save({"logits": probe.contiguous()})}, meta)
 
 
 def _tool_versions() -> dict[str, str | None]:
@@ -172,20 +170,6 @@ def _jsonable(value):
     from ..records import _jsonable as conv
 
     return json.loads(json.dumps(conv(value), default=str))
-
-
-def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    model.eval()
-    with torch.inference_mode():
-        out = model(x)
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"the model returned {type(out).__name__}, not a logits tensor")
-    return out.detach().float().clone()
-
-
-def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    scale = max(float(b.abs().max()), 1e-6)
-    return float((a - b).abs().max()) / scale
 
 
 def _counts(decoded: nn.Module, result: CompressedModel, input_shape) -> tuple[int, int, str]:
@@ -208,7 +192,7 @@ def _counts(decoded: nn.Module, result: CompressedModel, input_shape) -> tuple[i
     return int(result.params), int(result.macs), "reported by the method for the graph it exported"
 
 
-def run_case(point: OperatingPoint, anchor: AnchorUnderTest, calibration: CalibrationSet, *, evaluate,
+def run_case(point: CompressionPoint, anchor: AnchorUnderTest, calibration: CalibrationSet, *, evaluate,
              cache_dir: Path | None = None, use_cache: bool = True) -> CaseOutcome:
     """Compress (or load from cache), decode, check and evaluate one operating point.
 
@@ -219,17 +203,17 @@ def run_case(point: OperatingPoint, anchor: AnchorUnderTest, calibration: Calibr
     subject = point.subject
     rec = out.records.append
     try:
-        handler = get_compressor(point.method)
-    except (KeyError, TypeError) as exc:
+        compressor = compressor_class(point.method)(point.config)
+    except Exception as exc:  # an unknown method or a proposal class that does not build: its own case's error
         rec(CheckRecord.from_exception("compression.compress", subject, exc, criterion=CRITERION))
         return out
-    # a handler that reads files the user may change (artifact-only submissions) is never cached
-    cache = CompressionCache(cache_dir if use_cache and getattr(handler, "cacheable", True) else None)
-    key = cache.key(point, anchor.model, calibration)
+    # a method that reads files the user may change (artifact-only submissions) is never cached
+    cache = CompressionCache(cache_dir if use_cache and getattr(compressor, "cacheable", True) else None)
+    key = cache.key(point, anchor.model, calibration, compressor)
     probe_x = calibration.images[:PROBE_SAMPLES]
     out.details.update(anchor=point.anchor, method=point.method, label=point.label, run_tier=point.run_tier,
-                       proposal=point.proposal,
-                       description=getattr(handler, "description", ""), smoke=anchor.smoke,
+                       proposal=point.proposal, claimed_tier=point.claimed_tier, claimed_bytes=point.claimed_bytes,
+                       description=getattr(compressor, "description", ""), smoke=anchor.smoke,
                        config=point.config.to_dict(), calibration=calibration.to_dict(), cache_key=key[:16])
 
     # 1. compress (or reuse the cached artifact) ---------------------------------------------
@@ -248,7 +232,7 @@ def run_case(point: OperatingPoint, anchor: AnchorUnderTest, calibration: Calibr
             try:
                 model_copy = _fresh_copy(anchor.model)
                 _seed_everything(ctx.seed)  # AIMET's channel-pruning reconstruction samples at random
-                result = handler.compress(model_copy, point.config, ctx)
+                result = compressor.compress(model_copy, ctx)
             except CompressorUnavailable as exc:
                 out.skip_reason = str(exc)
                 rec(CheckRecord("compression.compress", subject, Status.SKIP, message=str(exc), criterion=CRITERION))
@@ -267,7 +251,7 @@ def run_case(point: OperatingPoint, anchor: AnchorUnderTest, calibration: Calibr
             method_probe = None
             if result.module is not None:
                 try:
-                    method_probe = _forward(result.module, probe_x)
+                    method_probe = forward(result.module, probe_x)
                 except Exception as exc:
                     rec(CheckRecord.from_exception("compression.compress", subject, exc, criterion=CRITERION,
                                                    details={"step": "running the method's own compressed module"}))
@@ -282,23 +266,16 @@ def run_case(point: OperatingPoint, anchor: AnchorUnderTest, calibration: Calibr
                            method_metadata=_jsonable(result.metadata))
 
         # 2. the size the method reports is its artifact's length ----------------------------
-        reported = result.reported_bytes
-        size_ok = isinstance(reported, int) and not isinstance(reported, bool) and reported == result.artifact.nbytes
-        rec(gate("compression.size_reported", subject, size_ok, measured=reported, expected=result.artifact.nbytes,
-                 criterion=CRITERION,
-                 message=(f"reported size {reported} bytes equals the artifact's {result.artifact.nbytes} bytes"
-                          if size_ok else f"{point.method} reports {reported!r} bytes but its artifact is "
-                          f"{result.artifact.nbytes} bytes ({result.artifact.sizes()}): sizes must be artifact "
-                          f"lengths")))
+        rec(check_size_reported(subject, point.method, result.reported_bytes, result.artifact))
 
         # 3. decode on a NaN template ---------------------------------------------------------
         start = time.perf_counter()
         try:
-            decoded = handler.decode(result.artifact, poisoned_template(anchor.model), point.config, ctx)
+            decoded = compressor.decode(result.artifact, poisoned_template(anchor.model), ctx)
             if not isinstance(decoded, nn.Module):
                 raise ArtifactError(f"decode returned {type(decoded).__name__}, not an nn.Module")
             decoded.eval()
-            decoded_probe = _forward(decoded, probe_x)
+            decoded_probe = forward(decoded, probe_x)
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 raise
@@ -311,61 +288,17 @@ def run_case(point: OperatingPoint, anchor: AnchorUnderTest, calibration: Calibr
                                 f"NaN-filled template in {decode_seconds:.2f} s", criterion=CRITERION))
 
         # 4. outputs: shape and finiteness ----------------------------------------------------
-        expected_shape = (probe_x.shape[0], anchor.num_classes)
-        finite = bool(torch.isfinite(decoded_probe).all())
-        shape_ok = tuple(decoded_probe.shape) == expected_shape
-        rec(gate("compression.output", subject, finite and shape_ok, measured=list(decoded_probe.shape),
-                 expected=list(expected_shape), criterion=CRITERION,
-                 message=("decoded model outputs finite logits of the anchor's shape" if finite and shape_ok else
-                          "; ".join(m for m in (
-                              None if shape_ok else f"output shape {tuple(decoded_probe.shape)} differs from the "
-                                                    f"anchor's {expected_shape}",
-                              None if finite else f"{int((~torch.isfinite(decoded_probe)).sum())} non-finite "
-                                                  f"logits (NaN/inf) on the probe batch (a weight missing from "
-                                                  f"the artifact would show up as NaN)") if m))))
-        if not (finite and shape_ok):
+        output = check_output(subject, decoded_probe, (probe_x.shape[0], anchor.num_classes))
+        rec(output)
+        if not output.passed:
             return out
 
         # 5. the evaluated model is the one the artifact encodes -------------------------------
-        tol = float(getattr(handler, "decode_tolerance", DEFAULT_DECODE_TOLERANCE))
-        details: dict[str, Any] = {"tolerance": tol}
-        problems = []
-        if method_probe is not None:
-            if tuple(method_probe.shape) != tuple(decoded_probe.shape):
-                problems.append(f"the method's own model outputs shape {tuple(method_probe.shape)}, the decoded "
-                                f"artifact {tuple(decoded_probe.shape)}")
-            else:
-                err = _relative_error(decoded_probe, method_probe)
-                details["relative_error"] = err
-                if not math.isfinite(err) or err > tol:
-                    problems.append(f"decoded artifact differs from the method's own model by {err:.3g} (relative "
-                                    f"max error; tolerance {tol:g}): the artifact does not encode the model the "
-                                    f"method produced")
-        else:
-            details["relative_error"] = None
-        repeat_probe = _forward(decoded, probe_x)
-        if not torch.equal(repeat_probe, decoded_probe):
-            diff = float((repeat_probe - decoded_probe).abs().max())
-            problems.append(f"two forward passes of the decoded model on the same {probe_x.shape[0]} inputs differ "
-                            f"(max difference {diff:.3g}): its output is not deterministic")
-        try:
-            again = handler.decode(result.artifact, poisoned_template(anchor.model), point.config, ctx)
-            fp1, fp2 = module_sha256(decoded), module_sha256(again)
-            details.update(decoded_sha256=fp1)
-            if fp1 != fp2:
-                problems.append("two decodes of the same artifact give different models (fingerprints "
-                                f"{fp1[:12]} vs {fp2[:12]}): decoding is not deterministic")
-        except Exception as exc:
-            problems.append(f"a second decode failed: {type(exc).__name__}: {exc}")
-        rec(gate("compression.artifact_consistency", subject, not problems, measured=details.get("relative_error"),
-                 expected=0.0, tolerance=tol, criterion=CRITERION, details=details,
-                 message="; ".join(problems) or (
-                     f"the evaluated model is rebuilt from artifact {result.artifact.sha256[:12]} "
-                     f"(model fingerprint {details.get('decoded_sha256', '')[:12]}), decodes the same twice and "
-                     f"gives the same output twice" + (
-                         "; no method-side model to compare (artifact-only submission)" if method_probe is None
-                         else f"; it matches the method's own result within {details['relative_error']:.2g}"))))
-        if problems:
+        tol = float(getattr(compressor, "decode_tolerance", DEFAULT_DECODE_TOLERANCE))
+        consistency = check_artifact_consistency(subject, compressor, result.artifact, decoded, probe_x, decoded_probe,
+                                                 method_probe, poisoned_template(anchor.model), ctx, tol)
+        rec(consistency)
+        if not consistency.passed:
             return out
         if cached is None and cache.root is not None:
             cache.store(key, result, method_probe if method_probe is not None else decoded_probe,
@@ -380,12 +313,9 @@ def run_case(point: OperatingPoint, anchor: AnchorUnderTest, calibration: Calibr
             rec(CheckRecord.from_exception("compression.output", subject, exc, criterion=CRITERION,
                                            details={"step": "evaluating the decoded model"}))
             return out
-        if logits.shape != anchor.reference_logits.shape or not bool(torch.isfinite(logits).all()):
-            bad = int((~torch.isfinite(logits)).sum()) if logits.shape == anchor.reference_logits.shape else None
-            rec(CheckRecord("compression.output", subject, Status.FAIL, measured=list(logits.shape),
-                            expected=list(anchor.reference_logits.shape), criterion=CRITERION,
-                            message=f"on the evaluation set the decoded model gives logits of shape "
-                                    f"{tuple(logits.shape)}" + (f" with {bad} non-finite values" if bad else "")))
+        bad_output = check_evaluated_output(subject, logits, tuple(anchor.reference_logits.shape))
+        if bad_output is not None:
+            rec(bad_output)
             return out
         out.decoded = decoded
 
@@ -396,8 +326,8 @@ def run_case(point: OperatingPoint, anchor: AnchorUnderTest, calibration: Calibr
                                       bytes_ref=costs["bytes"], nbytes=result.artifact.nbytes,
                                       params_ref=costs["params"], params=params, macs_ref=costs["macs"], macs=macs)
         out.details["counts_source"] = count_source
-        out.accuracy = accuracy_record(subject, out.metrics, point.config.claimed_tier, smoke=anchor.smoke,
-                                       details={k: v for k, v in out.details.items()})
+        out.accuracy = check_accuracy(subject, out.metrics, point.claimed_tier, smoke=anchor.smoke,
+                                      details={k: v for k, v in out.details.items()})
         return out
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
