@@ -89,7 +89,8 @@ def _comparisons(ctx: ReportContext, recs) -> list[str]:
 
 
 def _codecs(ctx: ReportContext, recs) -> list[str]:
-    from ..updates.curves import curves_from_points, plot_rate_accuracy, write_curves
+    from ..kit import plot_curves, write_curves
+    from ..updates.curves import curves_from_points
 
     rows = [r for r in recs if r.check_id == "updates.accuracy" and "pair" in r.details]
     if not rows:
@@ -118,10 +119,12 @@ def _codecs(ctx: ReportContext, recs) -> list[str]:
             points.append({"pair": pair, "codec": r.details["codec"], "label": r.details["label"],
                            "bytes": r.details["bytes"], "ratio_to_full": r.details["ratio_to_full"],
                            "top1": r.details["top1"], "agreement": r.details["agreement"],
-                           "delta_vs_target": r.details["delta"]})
+                           "delta_vs_target": r.details["delta"], "proposal": r.details.get("proposal", "")})
         curves = curves_from_points([p for p in points if p["pair"] == pair])
-        png = plot_rate_accuracy(curves, ctx.run_dir / SUBDIR / f"rate-accuracy-{_safe(pair)}.png", title=pair,
-                                 target_top1=prs[0].details["target_top1"], full_bytes=prs[0].details["full_bytes"])
+        png = plot_curves(curves, ctx.run_dir / SUBDIR / f"rate-accuracy-{_safe(pair)}.png", x="bytes", y="top1",
+                          xlabel="update size (bytes)", ylabel="top-1 of reconstructed model", title=pair,
+                          hlines=[(prs[0].details["target_top1"], "target checkpoint")],
+                          vlines=[(prs[0].details["full_bytes"], "full checkpoint size")])
         rel = str(png.relative_to(ctx.run_dir))
         ctx.artifacts[f"updates/rate-accuracy/{pair}"] = rel
         out += [f"![rate-accuracy {pair}]({rel})", ""]
