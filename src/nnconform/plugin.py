@@ -1,22 +1,34 @@
 """The pytest plugin (entry point ``pytest11``): options, markers and fixtures, nothing else.
 
-The work lives in :class:`nnconform.session.ConformanceSession`, kept in ``config.stash``; the
-report is rendered once, when the session finishes.
+The plugin loads in every pytest run of the environment, so it stays inert until a run is a
+conformance run: it imports no torch, numpy or engine module and sets nothing global (seeds,
+deterministic algorithms, threads, pytest-benchmark's table) unless ``--nnc-*`` options are given
+or conformance items are collected (:func:`activate`, called at the first of those points). The
+work lives in :class:`nnconform.session.ConformanceSession`, kept in ``config.stash``; the
+report is written once and the verdict printed last, when the session finishes.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from .paths import default_cache_dir, default_report_dir
 from .records import CheckRecord, Status
-from .session import (RECORD_PROPERTY, TIERS, ConformanceSession, Outcome, RunConfig, record_from_property,
-                      record_to_property)
+from .session import (PASS, RECORD_PROPERTY, TIERS, ConformanceSession, Outcome, RunConfig, check_run_id,
+                      first_line, record_from_property, record_to_property)
 
 SESSION_KEY = pytest.StashKey[ConformanceSession]()
+_ACTIVE = pytest.StashKey[bool]()
+#: Why a timing case is skipped under pytest-xdist (a skip the user chose by running in parallel).
+XDIST_TIMING_SKIP = ("timing case: pytest-benchmark does not run under pytest-xdist; run without -n to measure "
+                     "latency")
+#: pytest-benchmark's reason for the cases ``--benchmark-skip`` skips (also a skip the user chose).
+BENCHMARK_SKIP = "Skipping benchmark (--benchmark-skip active)."
+#: Option dests of the plugin and their defaults: a value other than its default asks for nnconform.
+_DEFAULTS: dict[str, object] = {}
 
 
 def _tier(value: str) -> str:
@@ -32,7 +44,18 @@ def _threads(value: str) -> int:
         n = 0
     if n < 1:
         raise pytest.UsageError(f"--nnc-threads {value!r}: give a positive number of threads")
+    cores = os.cpu_count() or 1
+    if n > cores:
+        raise pytest.UsageError(f"--nnc-threads {value!r}: this machine has {cores} CPU(s); give at most {cores} "
+                                "(more threads than cores stall in OpenMP barriers)")
     return n
+
+
+def _run_id(value: str) -> str:
+    try:
+        return check_run_id(value)
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def _existing_dir(value: str) -> str:
@@ -43,40 +66,66 @@ def _existing_dir(value: str) -> str:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("nnconform", "nnconform conformance suite")
-    group.addoption("--nnc-anchors", default=None, metavar="SPEC",
-                    help="anchors to evaluate: 'default' (embedded, offline), 'all', a family "
-                         "(zoo, efficientnet-lite, torchvision) or comma-separated names/globs "
-                         "(default: 'default', or the anchors of --nnc-proposal)")
-    group.addoption("--nnc-proposal", "--proposal", action="append", default=[], metavar="PATH",
-                    help="a proposal to check: its proposal.toml, a folder holding one, or its .py file with the "
-                         "manifest beside it (repeatable); runs the criteria it applies to, and fails the run "
-                         "when the manifest has a problem or a claim is not met")
-    group.addoption("--nnc-proposal-only", action="store_true",
-                    help="with --nnc-proposal: run only the proposals' own cases (not the reference methods')")
-    group.addoption("--nnc-tier", default="default", type=_tier, metavar="|".join(TIERS),
-                    help="how much of the suite runs: quick (CI), default, full (default: %(default)s)")
-    group.addoption("--nnc-data-dir", default=None, type=_existing_dir, metavar="DIR",
-                    help="folder holding the Fashion-MNIST IDX files (default: /usr/share/datasets/fashion-mnist)")
-    group.addoption("--nnc-imagenet", default=None, metavar="SOURCE",
-                    help="ImageNet-1k validation: Hugging Face hub id, local imagefolder or parquet path")
-    group.addoption("--nnc-cache-dir", default=None, metavar="DIR",
-                    help=f"evaluation cache (default: {default_cache_dir()})")
-    group.addoption("--nnc-report-dir", default=None, metavar="DIR",
-                    help=f"where runs write <run-id>/ (default: {default_report_dir()})")
-    group.addoption("--nnc-run-id", default=None, metavar="ID", help="name of the report folder (default: timestamp)")
-    group.addoption("--nnc-no-report", action="store_true", help="do not write a report")
-    group.addoption("--nnc-threads", default=None, type=_threads, metavar="N",
-                    help="torch threads per process (default: torch's choice; under pytest-xdist, cores / workers). "
-                         "On a shared machine, more threads than free cores stall in OpenMP barriers")
+
+    def add(*names: str, **kwargs) -> None:
+        group.addoption(*names, **kwargs)
+        dest = kwargs.get("dest") or names[0].lstrip("-").replace("-", "_")
+        _DEFAULTS[dest] = kwargs.get("default", False if kwargs.get("action") == "store_true" else None)
+
+    add("--nnc-anchors", default=None, metavar="SPEC",
+        help="anchors to evaluate: 'default' (embedded, offline), 'all', a family (zoo, efficientnet-lite, "
+             "torchvision) or comma-separated names/globs (default: 'default', or the anchors of --nnc-proposal)")
+    add("--nnc-proposal", "--proposal", action="append", default=[], metavar="PATH",
+        help="a proposal to check: its proposal.toml, a folder holding one, or its .py file with the manifest "
+             "beside it (repeatable); runs the criteria it applies to, and fails the run when the manifest has a "
+             "problem or a claim is not met")
+    add("--nnc-proposal-only", action="store_true",
+        help="with --nnc-proposal: run only the proposals' own cases (not the reference methods')")
+    add("--nnc-tier", default="default", type=_tier, metavar="|".join(TIERS),
+        help="how much of the suite runs: quick (CI), default, full (default: %(default)s)")
+    add("--nnc-data-dir", default=None, type=_existing_dir, metavar="DIR",
+        help="folder holding the Fashion-MNIST IDX files (default: /usr/share/datasets/fashion-mnist)")
+    add("--nnc-imagenet", default=None, metavar="SOURCE",
+        help="ImageNet-1k validation: Hugging Face hub id, local imagefolder or parquet path")
+    add("--nnc-cache-dir", default=None, metavar="DIR",
+        help="evaluation cache (default: <rootdir>/.cache/nnconform, or $NNCONFORM_CACHE_DIR)")
+    add("--nnc-report-dir", default=None, metavar="DIR",
+        help="where runs write <run-id>/ (default: <rootdir>/reports, or $NNCONFORM_REPORT_DIR)")
+    add("--nnc-run-id", default=None, type=_run_id, metavar="ID",
+        help="name of the report folder: letters, digits, '._-', at most 100 characters, not 'latest' "
+             "(default: a UTC timestamp); an id already used is refused without --nnc-overwrite")
+    add("--nnc-overwrite", action="store_true", help="replace the report of a --nnc-run-id already used")
+    add("--nnc-no-report", action="store_true", help="do not write a report")
+    add("--nnc-benchmark-table", action="store_true",
+        help="also print pytest-benchmark's timing tables in the terminal (they are always in the report)")
+    add("--nnc-threads", default=None, type=_threads, metavar="N",
+        help="torch threads per process, at most the machine's CPUs (default: torch's choice; under "
+             "pytest-xdist, cores / workers). On a shared machine, more threads than free cores stall in OpenMP "
+             "barriers")
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_configure(config: pytest.Config) -> None:
-    if getattr(config.option, "dist", "no") == "load":
-        # pytest-xdist: keep an anchor's cases on one worker so each worker loads a model once
-        config.option.dist = "loadgroup"
-    config.addinivalue_line("markers", "tier(name): lowest tier (quick|default|full) at which the case runs")
-    config.addinivalue_line("markers", "criterion(name): the conformance criterion of the case")
+def _asks_for_nnconform(config: pytest.Config) -> bool:
+    """Whether the command line makes this a conformance run before anything is collected: an
+    ``--nnc-*`` option other than its default, or a path argument inside a ``conformance`` folder."""
+    if any(config.getoption(dest) != default for dest, default in _DEFAULTS.items()):
+        return True
+    return any("conformance" in Path(str(arg).split("::")[0]).parts for arg in config.args)
+
+
+def _is_conformance_item(item: pytest.Item) -> bool:
+    """A case of a conformance suite: under a ``conformance`` folder, or using an ``nnc_*`` fixture."""
+    return "conformance" in item.path.parts or any(f.startswith("nnc_") for f in getattr(item, "fixturenames", ()))
+
+
+def activate(config: pytest.Config) -> None:
+    """Make this run a conformance run (once): seeds, deterministic algorithms, torch threads, and
+    pytest-benchmark's terminal table folded into the report. Called at the first point a run shows
+    it needs nnconform; before that the plugin has imported and set nothing."""
+    if config.stash.get(_ACTIVE, False):
+        return
+    config.stash[_ACTIVE] = True
+    import torch
+
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(True, warn_only=True)
     worker = getattr(config, "workerinput", None)
@@ -84,47 +133,75 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(config.getoption("--nnc-threads"))
     elif worker is not None:
         # N workers share the cores: more torch threads than cores stall in OpenMP barriers
-        import os
-
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(worker.get("workercount", 1))))
-    cache = config.getoption("--nnc-cache-dir")
-    report = config.getoption("--nnc-report-dir")
+    if not config.getoption("--nnc-benchmark-table") and not getattr(config.option, "benchmark_verbose", False):
+        # pytest-benchmark's own switch (--benchmark-quiet); its session read the option at configure
+        # time, so a run found to be a conformance run later is told directly
+        if hasattr(config.option, "benchmark_quiet"):
+            config.option.benchmark_quiet = True
+        bench = getattr(config, "_benchmarksession", None)
+        if bench is not None:
+            bench.quiet = True
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "tier(name): lowest tier (quick|default|full) at which the case runs")
+    config.addinivalue_line("markers", "criterion(name): the conformance criterion of the case")
+    asked = _asks_for_nnconform(config)
+    if asked and getattr(config.option, "dist", "no") == "load":
+        # pytest-xdist: keep an anchor's cases on one worker so each worker loads a model once
+        config.option.dist = "loadgroup"
     proposals = _load_proposals(config.getoption("--nnc-proposal"))
     anchors = config.getoption("--nnc-anchors")
     if anchors is None:
         anchors = _proposal_anchors(proposals) or "default"
     if config.getoption("--nnc-proposal-only") and not proposals:
         raise pytest.UsageError("--nnc-proposal-only needs --nnc-proposal PATH")
+    cache = config.getoption("--nnc-cache-dir")
+    report = config.getoption("--nnc-report-dir")
     run = RunConfig(
         anchors=anchors,
         tier=config.getoption("--nnc-tier"),
         data_dir=config.getoption("--nnc-data-dir"),
         imagenet=config.getoption("--nnc-imagenet"),
-        cache_dir=Path(cache) if cache else default_cache_dir(),
-        report_dir=Path(report) if report else default_report_dir(),
+        cache_dir=Path(cache) if cache else default_cache_dir(config.rootpath),
+        report_dir=Path(report) if report else default_report_dir(config.rootpath),
         run_id=config.getoption("--nnc-run-id"),
         write_report=not config.getoption("--nnc-no-report"),
         proposals=tuple(config.getoption("--nnc-proposal")),
         proposal_only=config.getoption("--nnc-proposal-only"),
+        overwrite=config.getoption("--nnc-overwrite"),
     )
+    controller = not hasattr(config, "workerinput")
+    if controller and run.write_report and run.run_id and not run.overwrite:
+        target = Path(run.report_dir) / run.run_id
+        if target.exists() or target.is_symlink():
+            # refused now, not after the run: a reused id would overwrite a report someone may cite
+            raise pytest.UsageError(f"--nnc-run-id {run.run_id!r}: {target} already exists; choose another id "
+                                    "or pass --nnc-overwrite to replace it")
     config.stash[SESSION_KEY] = ConformanceSession(run, proposals=proposals)
-    if not hasattr(config, "workerinput"):
+    if controller:
         # an xdist worker must leave the records in its reports: the controller collects them from there
         config.pluginmanager.register(_RecordCollector(config.stash[SESSION_KEY]), "nnconform-records")
+    if asked:
+        activate(config)
 
 
 def _load_proposals(paths: list[str]) -> list:
     """Check every ``--nnc-proposal`` manifest (importing its code) and make the valid ones active."""
     if not paths:
         return []
-    from .proposal import activate, load_proposal
+    from .proposal import activate as activate_proposals, load_proposal
 
     proposals = [load_proposal(p) for p in paths]
-    activate(proposals)
+    activate_proposals(proposals)
     return proposals
 
 
 def _proposal_anchors(proposals: list) -> str:
+    if not proposals:
+        return ""
     from .anchors import list_anchors
 
     known = set(list_anchors())
@@ -159,9 +236,18 @@ def _proposal_selector(session: ConformanceSession):
     return runs
 
 
+def pytest_collectstart(collector: pytest.Collector) -> None:
+    """A module of a conformance suite is about to be imported: set the run up first."""
+    if isinstance(collector, pytest.Module) and "conformance" in collector.path.parts:
+        activate(collector.config)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect cases outside ``--nnc-anchors``, above ``--nnc-tier`` and, with proposals, outside the
-    criteria they apply to."""
+    """Deselect conformance cases outside ``--nnc-anchors``, above ``--nnc-tier`` and, with proposals,
+    outside the criteria they apply to. Other tests of the run are left alone."""
+    if not any(_is_conformance_item(i) for i in items):
+        return
+    activate(config)
     from .anchors import select_anchors
 
     session = config.stash[SESSION_KEY]
@@ -170,14 +256,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     proposal_runs = _proposal_selector(session) if session.proposals else None
     keep, drop = [], []
     for item in items:
+        if not _is_conformance_item(item):
+            keep.append(item)
+            continue
         callspec = getattr(item, "callspec", None)
         anchor = callspec.params.get("anchor_name") if callspec else None
         if proposal_runs is not None and not proposal_runs(item):
             drop.append(item)
             continue
         if parallel and "benchmark" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.skip(reason="timing case: pytest-benchmark does not run under "
-                                                    "pytest-xdist; run without -n to measure latency"))
+            item.add_marker(pytest.mark.skip(reason=XDIST_TIMING_SKIP))
         if anchor is not None:
             item.add_marker(pytest.mark.xdist_group(anchor))
             if selected is None:
@@ -216,9 +304,56 @@ def _check_proposals_run(session: ConformanceSession, items: list[pytest.Item]) 
                 f"tests nothing would pass, so the run stops")
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if SESSION_KEY in session.config.stash and session.config.stash.get(_ACTIVE, False):
+        session.config.stash[SESSION_KEY].selected = {i.nodeid for i in session.items}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids: list[str]) -> None:
+    """Under pytest-xdist the controller collects nothing itself: the selected cases are the workers'."""
+    run = node.config.stash.get(SESSION_KEY, None)
+    if run is not None:
+        run.selected = (run.selected or set()) | set(ids)
+
+
+def _embedded_anchors() -> frozenset[str]:
+    """The default (embedded) anchors; none when the manifests cannot be read (the cases fail on that)."""
+    from .anchors import list_anchors
+
+    try:
+        return frozenset(list_anchors(default_only=True))
+    except Exception:  # a broken manifest is reported by the cases that load it, not here
+        return frozenset()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A skipped case of an embedded (default) anchor fails: those anchors ship with nnconform, so a
+    skip means a file or package is missing, and a run that tested nothing must not pass. Skips the
+    user chose by an option (timing cases under xdist or ``--benchmark-skip``) stay skips."""
+    report = yield
+    if not report.skipped or not item.config.stash.get(_ACTIVE, False) or not _is_conformance_item(item):
+        return report
+    callspec = getattr(item, "callspec", None)
+    anchor = callspec.params.get("anchor_name") if callspec else None
+    if not isinstance(anchor, str) or anchor not in _embedded_anchors():
+        return report  # user-supplied anchors (ImageNet weights, torchvision) may skip
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    reason = str(reason).removeprefix("Skipped: ")
+    if reason in (XDIST_TIMING_SKIP, BENCHMARK_SKIP):
+        return report
+    report.outcome = "failed"
+    report.longrepr = (f"embedded anchor {anchor!r} must not skip (it ships with nnconform, so a skip means "
+                       f"something is missing): {reason}")
+    report.nnc_missing = True  # a failure of the case, whatever phase skipped (travels with xdist reports)
+    return report
+
+
 @pytest.fixture(scope="session")
 def nnc_session(request: pytest.FixtureRequest) -> ConformanceSession:
     """The run's :class:`ConformanceSession` (anchors, datasets and references loaded once)."""
+    activate(request.config)
     return request.config.stash[SESSION_KEY]
 
 
@@ -250,50 +385,82 @@ def nnc_record(request: pytest.FixtureRequest):
 
 
 class _RecordCollector:
-    """Feeds test reports (and the records they carry) into the run's session."""
+    """Feeds test reports (and the records they carry) into the run's session.
+
+    Every phase's report carries a copy of all the case's ``user_properties`` so far, so records are
+    taken by position: each report contributes only those added since the previous phase (a failed
+    teardown would otherwise add the case's records a second time).
+    """
 
     def __init__(self, run: ConformanceSession) -> None:
         self.run = run
+        self.taken: dict[str, int] = {}
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.when == "call" or report.outcome != "passed":
-            for name, value in report.user_properties:
-                if name == RECORD_PROPERTY:
-                    self.run.add_record(record_from_property(value))
-            report.user_properties[:] = [(n, v) for n, v in report.user_properties if n != RECORD_PROPERTY]
+        records = [value for name, value in report.user_properties if name == RECORD_PROPERTY]
+        seen = self.taken.get(report.nodeid, 0)
+        for value in records[seen:]:
+            self.run.add_record(record_from_property(value))
+        self.taken[report.nodeid] = max(seen, len(records))
+        if report.when == "teardown":
+            self.taken.pop(report.nodeid, None)
+        report.user_properties[:] = [(n, v) for n, v in report.user_properties if n != RECORD_PROPERTY]
         outcome = report.outcome
-        if report.when != "call" and report.outcome == "failed":
+        if report.when != "call" and report.outcome == "failed" and not getattr(report, "nnc_missing", False):
             outcome = "error"
         message = ""
         if report.skipped and isinstance(report.longrepr, tuple):
             message = str(report.longrepr[2]).removeprefix("Skipped: ")
         elif report.failed:
             message = report.longreprtext
-        self.run.add_outcome(Outcome(report.nodeid, outcome, report.duration, message))
+        self.run.add_outcome(Outcome(report.nodeid, outcome, report.duration, message), when=report.when)
+
+    def pytest_keyboard_interrupt(self, excinfo) -> None:
+        self.run.stopped = "interrupted (KeyboardInterrupt)"
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int):
+    """After pytest's own summary: write the report, then print the verdict as the run's last lines."""
+    result = yield
     config = session.config
-    if SESSION_KEY not in config.stash or hasattr(config, "workerinput"):
-        return  # xdist workers send their reports to the controller, which writes the report
+    if SESSION_KEY not in config.stash or hasattr(config, "workerinput") or not config.stash.get(_ACTIVE, False):
+        return result  # not a conformance run; xdist workers leave the report to the controller
     run = config.stash[SESSION_KEY]
-    if not run.config.write_report or not (run.records or _ran_conformance(run)):
-        return
-    from .report import write_report
+    run.exitstatus = int(session.exitstatus if session.exitstatus is not None else exitstatus)
+    if not run.stopped:
+        if run.exitstatus == pytest.ExitCode.INTERRUPTED:
+            run.stopped = "interrupted"
+        elif session.shouldfail or session.shouldstop:
+            run.stopped = str(session.shouldfail or session.shouldstop)
+    if not (run.records or _ran_conformance(run)):
+        return result
+    report_line = "report: not written (--nnc-no-report)"
+    if run.config.write_report:
+        report_line = _write_report(config, run)
+    _print_verdict(config, run, report_line)
+    return result
 
-    bench = getattr(config, "_benchmarksession", None)
-    if bench is not None:
-        run.benchmarks = [_benchmark_dict(b) for b in getattr(bench, "benchmarks", [])]
-    run_dir = write_report(run, exitstatus=int(exitstatus))
-    config.stash[_REPORT_PATH] = run_dir
 
+def _write_report(config: pytest.Config, run: ConformanceSession) -> str:
+    """Write the report; a failure costs the report, never the run's summary or exit status."""
+    try:
+        from .report import write_report
 
-_REPORT_PATH = pytest.StashKey[Path]()
+        bench = getattr(config, "_benchmarksession", None)
+        if bench is not None:
+            run.benchmarks = [_benchmark_dict(b) for b in getattr(bench, "benchmarks", [])]
+        run_dir = write_report(run, exitstatus=run.exitstatus or 0)
+    except Exception as exc:  # the boundary of the run: the message names the path and the cause
+        target = Path(run.config.report_dir) / run.run_id
+        return f"report: NOT written to {target}: {type(exc).__name__}: {exc}"
+    notes = "".join(f"\n        note: {n}" for n in getattr(run, "report_notes", []))
+    return f"report: {run_dir / 'index.html'}\n        {run_dir / 'summary.md'}, {run_dir / 'results.json'}{notes}"
 
 
 def _ran_conformance(run: ConformanceSession) -> bool:
-    return any(nodeid.startswith("conformance/") or "/conformance/" in nodeid for nodeid in run.outcomes)
+    ids = list(run.outcomes) + list(run.selected or ())
+    return any(nodeid.startswith("conformance/") or "/conformance/" in nodeid for nodeid in ids)
 
 
 def _benchmark_dict(bench) -> dict:
@@ -306,16 +473,32 @@ def _benchmark_dict(bench) -> dict:
     return out
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    if _REPORT_PATH in config.stash:
-        path = config.stash[_REPORT_PATH]
-        run = config.stash[SESSION_KEY]
-        c = run.counts()
-        terminalreporter.write_sep("-", "nnconform report")
-        terminalreporter.write_line(f"{len(run.records)} check records; {c['passed']} passed, {c['failed']} failed, "
-                                    f"{c['error']} errors, {c['skipped']} skipped")
-        terminalreporter.write_line(f"report: {path / 'summary.md'}")
-        terminalreporter.write_line(f"        {path / 'results.json'}")
+#: How many failures and skip reasons the terminal lists (the report has them all).
+_TERMINAL_LIST = 8
 
 
-__all__ = ["nnc_session", "nnc_config", "nnc_evaluator", "nnc_record", "Status"]
+def _print_verdict(config: pytest.Config, run: ConformanceSession, report_line: str) -> None:
+    """The run's last lines: verdict, counts, failures, what was skipped and why, the report path."""
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if tr is None:
+        return
+    verdict = run.verdict()
+    colour = {"green": True} if verdict.status == PASS else {"red": True, "bold": True}
+    tr.write_sep("=", f"nnconform verdict: {verdict.status}", **colour)
+    tr.write_line(f"cases: {verdict.counts_line()}; {len(run.records)} check records")
+    for reason in verdict.reasons:
+        tr.write_line(f"  - {reason}")
+    for case, message in verdict.failures[:_TERMINAL_LIST]:
+        tr.write_line(f"  FAILED {case}: {message}")
+    if len(verdict.failures) > _TERMINAL_LIST:
+        tr.write_line(f"  ... and {len(verdict.failures) - _TERMINAL_LIST} more failures (see the report)")
+    if verdict.skipped:
+        tr.write_line(f"skipped ({verdict.counts['skipped']} cases, user-supplied anchors or chosen by options):")
+        for reason, n in verdict.skipped[:_TERMINAL_LIST]:
+            tr.write_line(f"  {n} x {reason}")
+        if len(verdict.skipped) > _TERMINAL_LIST:
+            tr.write_line(f"  ... and {len(verdict.skipped) - _TERMINAL_LIST} more reasons (see the report)")
+    tr.write_line(report_line)
+
+
+__all__ = ["activate", "nnc_session", "nnc_config", "nnc_evaluator", "nnc_record", "Status", "first_line"]

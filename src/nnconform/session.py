@@ -1,37 +1,57 @@
-"""The run's state: loaded anchors and datasets, collected records, the environment manifest.
+"""The run's state: loaded anchors and datasets, collected records and outcomes, and the verdict.
 
 One :class:`ConformanceSession` lives in ``config.stash`` for the whole pytest session. Records
 reach it through test reports (``user_properties``), so a parallel run under pytest-xdist
 collects exactly what a serial run does.
+
+The module is light on purpose (no torch, numpy or engine import at module level): the plugin
+imports it in every pytest run of the environment, most of which have nothing to do with nnconform.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
-import platform
-import subprocess
+import re
 import uuid
-from dataclasses import dataclass, field
-from importlib import metadata
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from .anchors import Anchor, WeightsIntegrityError, WeightsUnavailable, get_anchor
-from .data import DatasetUnavailable, ImageDataset, load_dataset
-from .evaluate import EvalResult, Evaluator
-from .paths import REPO_ROOT
+from .kit.runtier import RUN_TIERS as TIERS
 from .records import CheckRecord, Status
-from .stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 
-TIERS = ("quick", "default", "full")
+if TYPE_CHECKING:
+    import torch
+
+    from .anchors import Anchor
+    from .data import ImageDataset
+    from .evaluate import EvalResult, Evaluator
+
 RECORD_PROPERTY = "nnconform_record"
 
 # The environment manifest lives in environment.py (with the lock drift); re-exported for callers.
 from .environment import REPORTED_PACKAGES, environment_manifest  # noqa: E402,F401
+
+#: A run id is one path component a person can type: no separators, no hidden or special names.
+_RUN_ID = re.compile(r"[A-Za-z0-9._-]{1,100}")
+#: Names a run id may not take: the folder itself, its parent, and the link to the newest run.
+RESERVED_RUN_IDS = frozenset({".", "..", "latest"})
+
+
+def check_run_id(value: str) -> str:
+    """``value`` if it is a safe run id (letters, digits, ``._-``; 1 to 100 characters; not ``.``,
+    ``..`` or ``latest``); a ``ValueError`` saying what is wrong otherwise."""
+    if value in RESERVED_RUN_IDS:
+        raise ValueError(f"--nnc-run-id {value!r}: reserved name (not '.', '..' or 'latest')")
+    if not _RUN_ID.fullmatch(value):
+        bad = sorted(set(re.sub(r"[A-Za-z0-9._-]", "", value)))
+        what = f"{len(value)} characters (at most 100)" if len(value) > 100 or not value else \
+            f"characters {''.join(bad)!r} are not allowed"
+        raise ValueError(f"--nnc-run-id {value[:60]!r}{'...' if len(value) > 60 else ''}: {what}; "
+                         "use letters, digits, '.', '_' and '-' (one folder name)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -48,10 +68,13 @@ class RunConfig:
     write_report: bool = True
     proposals: tuple[str, ...] = ()  # --nnc-proposal manifests, as given
     proposal_only: bool = False  # run only the proposals' own cases
+    overwrite: bool = False  # --nnc-overwrite: a run id already used may be replaced
 
     def __post_init__(self) -> None:
         if self.tier not in TIERS:
             raise ValueError(f"--nnc-tier {self.tier!r}: choose one of {', '.join(TIERS)}")
+        if self.run_id is not None:
+            check_run_id(self.run_id)
 
     def tier_allows(self, min_tier: str) -> bool:
         """Whether a case marked ``tier(min_tier)`` runs in this run's tier."""
@@ -62,17 +85,64 @@ class RunConfig:
 
 @dataclass
 class Outcome:
-    """What pytest reported for one test case."""
+    """What pytest reported for one test case (its setup, call and teardown merged)."""
 
     nodeid: str
     outcome: str  # passed / failed / skipped / error
     duration: float
     message: str = ""
+    #: the teardown was reported: the case ran to its end (an interrupted case never gets there)
+    done: bool = False
 
     @property
     def criterion(self) -> str:
         """``conformance/test_compression.py::...`` -> ``compression``."""
         return Path(self.nodeid.split("::")[0]).stem.removeprefix("test_")
+
+
+#: The verdicts, best first.
+PASS, FAIL, INCOMPLETE = "PASS", "FAIL", "INCOMPLETE"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the run shows: ``PASS`` (every selected case ran and passed, skips allowed only for
+    user-supplied anchors), ``FAIL`` (a case failed) or ``INCOMPLETE`` (interrupted, stopped early,
+    errored or nothing ran: what was not tested is unknown, so never a pass)."""
+
+    status: str
+    reasons: tuple[str, ...]
+    counts: dict[str, int]
+    #: (reason, number of cases) for the skipped cases, most frequent first
+    skipped: tuple[tuple[str, int], ...]
+    #: (case, first line of its message) for every failed or errored case
+    failures: tuple[tuple[str, str], ...]
+
+    @property
+    def passed(self) -> bool:
+        """Whether the run passed."""
+        return self.status == PASS
+
+    def counts_line(self) -> str:
+        """``12 passed, 1 failed, 0 errors, 3 skipped, 2 not run`` (the cases)."""
+        c = self.counts
+        return (f"{c['passed']} passed, {c['failed']} failed, {c['error']} errors, {c['skipped']} skipped, "
+                f"{c['not_run']} not run")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for ``results.json``."""
+        return {"status": self.status, "reasons": list(self.reasons), "counts": dict(self.counts),
+                "skipped": [{"reason": r, "cases": n} for r, n in self.skipped],
+                "failures": [{"case": c, "message": m} for c, m in self.failures]}
+
+
+def first_line(message: str) -> str:
+    """What a pytest message says went wrong, on one line of at most 300 characters: a failure's
+    ``E ...`` lines joined, else the message's last non-empty line (a skip's reason)."""
+    lines = [ln.strip() for ln in (message or "").strip().splitlines() if ln.strip()]
+    errors = [ln[1:].strip() for ln in lines if ln.startswith("E ")]
+    line = " ".join(e for e in errors if e) if errors else (lines[-1] if lines else "")
+    return line if len(line) <= 300 else line[:297] + "..."
 
 
 @dataclass
@@ -88,6 +158,14 @@ class ConformanceSession:
     benchmarks: list[dict] = field(default_factory=list)
     #: checked :class:`~nnconform.proposal.Proposal` objects of ``--nnc-proposal``
     proposals: list[Any] = field(default_factory=list)
+    #: node ids of the cases selected to run (``None`` until collection finished)
+    selected: set[str] | None = None
+    #: why the run ended early (Ctrl-C, ``-x``/``--maxfail``, an internal error); empty when it did not
+    stopped: str = ""
+    #: pytest's exit status, once the session finished
+    exitstatus: int | None = None
+    #: what the report writer wants the reader to know (``latest`` not updated, a section that failed)
+    report_notes: list[str] = field(default_factory=list)
     _models: dict[tuple, Any] = field(default_factory=dict, repr=False)
     _datasets: dict[tuple, Any] = field(default_factory=dict, repr=False)
     _references: dict[tuple, EvalResult] = field(default_factory=dict, repr=False)
@@ -95,14 +173,18 @@ class ConformanceSession:
 
     @property
     def run_id(self) -> str:
+        """The run's id: ``--nnc-run-id``, else a UTC timestamp with a random suffix."""
         if not self.config.run_id:
             stamp = self.started.replace(":", "").replace("-", "").replace("+0000", "Z")
-            object.__setattr__(self, "config", _replace(self.config, run_id=f"{stamp}-{uuid.uuid4().hex[:6]}"))
+            object.__setattr__(self, "config", replace(self.config, run_id=f"{stamp}-{uuid.uuid4().hex[:6]}"))
         return self.config.run_id
 
     @property
     def evaluator(self) -> Evaluator:
+        """The cached evaluation engine (created on first use)."""
         if self._evaluator is None:
+            from .evaluate import Evaluator
+
             self._evaluator = Evaluator(self.config.cache_dir)
         return self._evaluator
 
@@ -110,12 +192,16 @@ class ConformanceSession:
 
     def anchor(self, name: str) -> Anchor:
         """The anchor, recorded in the report's anchor list."""
+        from .anchors import get_anchor
+
         anchor = get_anchor(name)
         self.anchors_used.setdefault(name, anchor.to_dict())
         return anchor
 
     def model(self, name: str, checkpoint: str | None = None) -> torch.nn.Module:
         """The anchor's model (verified weights), loaded once. Raises the anchors module's errors."""
+        from .anchors import WeightsIntegrityError, WeightsUnavailable
+
         key = (name, checkpoint)
         if key not in self._models:
             try:
@@ -129,6 +215,8 @@ class ConformanceSession:
 
     def dataset(self, anchor: Anchor | str, split: str = "test") -> ImageDataset:
         """The anchor's evaluation dataset; falls back to the offline ImageNet samples (a smoke set)."""
+        from .data import DatasetUnavailable, load_dataset
+
         anchor = self.anchor(anchor) if isinstance(anchor, str) else anchor
         key = (anchor.dataset, split)
         if key not in self._datasets:
@@ -164,27 +252,61 @@ class ConformanceSession:
     # -- collecting ---------------------------------------------------------------------------
 
     def add_record(self, record: CheckRecord) -> None:
+        """Add one check record (the plugin calls this once per record, whatever the phase)."""
         self.records.append(record)
 
-    def add_outcome(self, outcome: Outcome) -> None:
+    def add_outcome(self, outcome: Outcome, when: str = "call") -> None:
+        """Merge one phase's report (``setup``/``call``/``teardown``) into the case's outcome: a
+        failure beats a pass, and the case is done when its teardown is reported."""
         previous = self.outcomes.get(outcome.nodeid)
-        # setup/call/teardown each report; keep the most telling one (a failure beats a pass)
+        done = when == "teardown" or (previous is not None and previous.done)
         if previous is None or previous.outcome == "passed" or outcome.outcome in ("failed", "error"):
             if previous is not None:
                 outcome.duration += previous.duration
             self.outcomes[outcome.nodeid] = outcome
+        else:
+            previous.duration += outcome.duration
+        self.outcomes[outcome.nodeid].done = done
 
     def counts(self) -> dict[str, int]:
+        """Cases by outcome; ``not_run``: selected cases that never finished (interrupted, stopped early)."""
         out = {"passed": 0, "failed": 0, "error": 0, "skipped": 0}
+        unfinished = 0
         for o in self.outcomes.values():
+            if not o.done and o.outcome == "passed":
+                unfinished += 1  # set up, never called: the run stopped inside this case
+                continue
             out[o.outcome] = out.get(o.outcome, 0) + 1
+        missing = len(self.selected - self.outcomes.keys()) if self.selected is not None else 0
+        out["not_run"] = unfinished + missing
         return out
 
-
-def _replace(cfg: RunConfig, **changes) -> RunConfig:
-    from dataclasses import replace
-
-    return replace(cfg, **changes)
+    def verdict(self) -> Verdict:
+        """The run's :class:`Verdict`, from the cases' outcomes and how the session ended."""
+        counts = self.counts()
+        reasons: list[str] = []
+        if self.stopped:
+            reasons.append(f"the run stopped early: {self.stopped}")
+        if counts["not_run"]:
+            reasons.append(f"{counts['not_run']} selected case(s) did not run to their end")
+        if counts["error"]:
+            reasons.append(f"{counts['error']} case(s) errored in set-up or teardown: their checks did not run")
+        if self.exitstatus in (3, 4):  # INTERNAL_ERROR, USAGE_ERROR
+            reasons.append(f"pytest ended with exit status {self.exitstatus} (internal or usage error)")
+        ran = counts["passed"] + counts["failed"] + counts["error"]
+        if ran == 0:
+            reasons.append("no case ran: nothing was tested")
+        incomplete = bool(reasons)
+        if counts["failed"]:
+            reasons.append(f"{counts['failed']} case(s) failed")
+        if not reasons and self.exitstatus not in (None, 0):
+            reasons.append(f"pytest ended with exit status {self.exitstatus}")
+        status = INCOMPLETE if incomplete else FAIL if reasons else PASS
+        skipped = Counter(first_line(o.message) or "(no reason given)"
+                          for o in self.outcomes.values() if o.outcome == "skipped")
+        failures = tuple((o.nodeid, first_line(o.message)) for o in self.outcomes.values()
+                         if o.outcome in ("failed", "error"))
+        return Verdict(status, tuple(reasons), counts, tuple(skipped.most_common()), failures)
 
 
 def record_to_property(record: CheckRecord) -> tuple[str, str]:

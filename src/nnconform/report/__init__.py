@@ -3,7 +3,13 @@ rendered once per run.
 
 Criteria add their own tables, plots and curve files through :data:`SECTIONS`: a section is a
 function ``(ReportContext) -> str`` returning Markdown; it may write files into
-``ctx.run_dir`` (plots, curve JSON) and list them in ``ctx.artifacts``.
+``ctx.run_dir`` (plots, curve JSON) and list them in ``ctx.artifacts``. A criterion's executive
+summary (the results table a delegate came for, and its plot) is registered in :data:`SUMMARIES`
+the same way; it runs after the sections, so it can show the plots they wrote.
+
+The report is written into a fresh temporary folder beside its target and renamed into place, so
+a failure (disk full, a report folder that is a file) leaves no half-written report and no
+temporary files; ``latest`` is replaced atomically.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ import importlib
 import json
 import os
 import pkgutil
+import shutil
 import sys
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -43,6 +51,8 @@ class ReportContext:
 
 #: Report sections by criterion name; each renders Markdown (and may write plots/JSON).
 SECTIONS: Registry[Callable[[ReportContext], str]] = Registry("report section")
+#: Executive summaries by criterion name: the results table and its plot, shown first.
+SUMMARIES: Registry[Callable[[ReportContext], str]] = Registry("report summary")
 
 
 def _load_sections() -> None:
@@ -76,6 +86,35 @@ def md_table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(out)
 
 
+def _tiers() -> dict[str, Any]:
+    """The accuracy tiers as the report shows them; an unreadable ``tiers.toml`` is shown, not raised
+    (the run's gates already failed on it, and the report must say why)."""
+    try:
+        return {name: {"relative_margin": t.relative_margin,
+                       "require_no_significant_drop": t.require_no_significant_drop,
+                       "rationale": t.rationale} for name, t in load_tiers().items()}
+    except (OSError, ValueError) as exc:
+        return {"error": f"tiers.toml could not be read: {exc}"}
+
+
+def _check_catalogue(records: list[CheckRecord]) -> dict[str, dict[str, str]]:
+    """What each check id of the run means, from the kit's catalogue (ids it does not know: left out)."""
+    try:
+        from ..kit.checks import describe
+    except ImportError:
+        return {}
+    out = {}
+    for check_id in dict.fromkeys(r.check_id for r in records):
+        try:
+            info = describe(check_id)
+        except Exception:  # a catalogue module that fails to import must not cost the report
+            info = None
+        if info is not None:
+            out[check_id] = {"description": info.description, "direction": info.direction,
+                             "criterion": info.criterion}
+    return out
+
+
 def results_dict(run, exitstatus: int, artifacts: dict[str, str]) -> dict[str, Any]:
     """The full, schema-versioned record of a run."""
     from ..session import environment_manifest
@@ -83,6 +122,7 @@ def results_dict(run, exitstatus: int, artifacts: dict[str, str]) -> dict[str, A
     status_counts = {s.value: 0 for s in Status}
     for r in run.records:
         status_counts[r.status.value] += 1
+    verdict = run.verdict()
     return {
         "schema_version": RESULTS_SCHEMA_VERSION,
         "run_id": run.run_id,
@@ -90,15 +130,15 @@ def results_dict(run, exitstatus: int, artifacts: dict[str, str]) -> dict[str, A
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": sys.argv,
         "exitstatus": exitstatus,
+        "verdict": verdict.to_dict(),
         "config": {"anchors": run.config.anchors, "tier": run.config.tier, "data_dir": run.config.data_dir,
                    "imagenet": run.config.imagenet, "cache_dir": str(run.config.cache_dir)},
         "environment": environment_manifest(),
         "datasets": run.datasets_used,
         "anchors": run.anchors_used,
-        "tiers": {name: {"relative_margin": t.relative_margin,
-                         "require_no_significant_drop": t.require_no_significant_drop,
-                         "rationale": t.rationale} for name, t in load_tiers().items()},
-        "summary": {"records": status_counts, "cases": run.counts()},
+        "tiers": _tiers(),
+        "summary": {"records": status_counts, "cases": verdict.counts},
+        "checks": _check_catalogue(run.records),
         "records": [r.to_dict() for r in run.records],
         "cases": [{"nodeid": o.nodeid, "criterion": o.criterion, "outcome": o.outcome,
                    "duration_s": round(o.duration, 4), "message": o.message} for o in run.outcomes.values()],
@@ -108,147 +148,98 @@ def results_dict(run, exitstatus: int, artifacts: dict[str, str]) -> dict[str, A
     }
 
 
-def _criteria(run) -> list[str]:
-    seen: list[str] = []
-    for r in run.records:
-        if r.criterion and r.criterion not in seen:
-            seen.append(r.criterion)
-    for o in run.outcomes.values():
-        if o.criterion not in seen:
-            seen.append(o.criterion)
-    return seen
-
-
-def render_summary(run, results: dict, sections: dict[str, str]) -> str:
-    """``summary.md``: one table per criterion, readable without running anything."""
-    counts = results["summary"]["cases"]
-    verdict = "PASS" if counts.get("failed", 0) == 0 and counts.get("error", 0) == 0 else "FAIL"
-    env = results["environment"]
-    lines = [
-        f"# nnconform conformance report: run {run.run_id}",
-        "",
-        f"**Verdict: {verdict}**: {counts.get('passed', 0)} cases passed, {counts.get('failed', 0)} failed, "
-        f"{counts.get('error', 0)} errors, {counts.get('skipped', 0)} skipped; "
-        f"{len(run.records)} check records.",
-        "",
-        md_table(["run", "value"], [
-            ["started / finished (UTC)", f"{results['started']} / {results['finished']}"],
-            ["command", " ".join(results["command"])],
-            ["tier", run.config.tier], ["anchors", run.config.anchors],
-            ["commit", f"{env['git']['commit']}{' (uncommitted changes)' if env['git']['dirty'] else ''}"],
-            ["machine", f"{env['machine']['platform']}, {env['machine']['cpu_count']} CPUs, "
-                        f"torch threads {env['machine']['torch_threads']}"],
-        ]),
-        "",
-        "## Anchors",
-        "",
-        md_table(["anchor", "family", "dataset", "params", "MACs", "documented top-1", "weights", "sha256"],
-                 [[n, a["family"], a["dataset"], a["num_params"], a["macs"], a["metrics"].get("top1"),
-                   a["weights"], a["sha256"]] for n, a in run.anchors_used.items()]),
-        "",
-        "## Datasets",
-        "",
-        md_table(["dataset", "samples", "fingerprint (sha256)", "source", "kind"],
-                 [[n, d["samples"], d["fingerprint"], d["source"], "smoke set" if d["smoke"] else "evaluation"]
-                  for n, d in run.datasets_used.items()]),
-        "",
-        "## Tiers",
-        "",
-        md_table(["tier", "margin (relative)", "no significant drop", "rationale"],
-                 [[n, t["relative_margin"], t["require_no_significant_drop"], t["rationale"]]
-                  for n, t in results["tiers"].items()]),
-    ]
-    for criterion in _criteria(run):
-        recs = [r for r in run.records if r.criterion == criterion]
-        lines += ["", f"## Criterion: {criterion or '(unnamed)'}", ""]
-        if recs:
-            lines.append(md_table(["check", "subject", "status", "measured", "expected", "tolerance", "message"],
-                                  [[r.check_id, r.subject, r.status.value.upper(), r.measured, r.expected,
-                                    r.tolerance, r.message] for r in recs]))
-        if criterion in sections:
-            lines += ["", sections[criterion]]
-        not_ok = [o for o in run.outcomes.values() if o.criterion == criterion and o.outcome != "passed"]
-        if not_ok:
-            lines += ["", f"Cases of {criterion} that did not pass:", ""]
-            lines.append(md_table(["case", "outcome", "reason"],
-                                  [[o.nodeid, o.outcome, o.message.strip().splitlines()[-1] if o.message.strip() else ""]
-                                   for o in not_ok]))
-    if run.benchmarks:
-        lines += ["", "## Latency (pytest-benchmark, CPU)", ""]
-        lines.append(md_table(["benchmark", "median s", "mean s", "stddev s", "rounds"],
-                              [[b["fullname"] or b["name"], b.get("median"), b.get("mean"), b.get("stddev"),
-                                b.get("rounds")] for b in run.benchmarks]))
-    lines += ["", "## Environment", "",
-              md_table(["package", "version"], [[k, v or "not installed"] for k, v in env["packages"].items()]),
-              "", f"Seeds: {fmt(env['seeds'])}. Python {env['python']}.", ""]
-    return "\n".join(lines)
-
-
-_HTML_STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.85em; display: block; overflow-x: auto; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: left; vertical-align: top; }
-th { background: #f0f0f0; } tr:nth-child(even) { background: #fafafa; }
-td:nth-child(3) { white-space: nowrap; } img { max-width: 100%; border: 1px solid #ddd; }
-code { background: #f4f4f4; padding: 0 0.2em; } h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; }
-"""
-
-
-def render_html(summary_md: str, run_dir: Path, title: str) -> str:
-    """``index.html``: the summary as one self-contained page (plots embedded as data URIs)."""
-    import base64
-    import html
-    import re
-
-    import markdown
-
-    body = markdown.markdown(summary_md, extensions=["tables"], output_format="html")
-
-    def embed(match: re.Match) -> str:
-        src = match.group(2)
-        path = (run_dir / src).resolve()
-        if path.suffix.lower() == ".png" and path.is_file() and run_dir.resolve() in path.parents:
-            data = base64.b64encode(path.read_bytes()).decode()
-            return f'{match.group(1)}"data:image/png;base64,{data}"'
-        return match.group(0)
-
-    body = re.sub(r'(<img[^>]*?src=)"([^"]+)"', embed, body)
-    body = re.sub(r"<td>(PASS|FAIL|ERROR|SKIP|INFO)</td>", lambda m: f'<td class="s-{m.group(1).lower()}">{m.group(1)}</td>', body)
-    colours = ".s-pass{color:#1a7f37;font-weight:600}.s-fail,.s-error{color:#cf222e;font-weight:600}.s-skip{color:#9a6700}"
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{_HTML_STYLE}{colours}</style></head><body>\n{body}\n</body></html>\n")
-
-
 def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
-def write_report(run, exitstatus: int = 0) -> Path:
-    """Render every section, then write ``results.json`` and ``summary.md``; return the run folder."""
-    run_dir = Path(run.config.report_dir) / run.run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
+def _render(name: str, fn: Callable[[ReportContext], str], ctx: ReportContext) -> str:
+    try:
+        return fn(ctx)
+    except Exception as exc:  # a broken section must not lose the rest of the report
+        return f"({name} failed to render: {type(exc).__name__}: {exc})"
+
+
+def _render_into(run, run_dir: Path, exitstatus: int) -> None:
+    """Render every section and summary, then ``results.json``, ``summary.md`` and ``index.html``."""
+    from .render import render_html, render_summary
+
     _load_sections()
     ctx = ReportContext(list(run.records), run_dir, run)
     sections: dict[str, str] = {}
     for name in SECTIONS.names():
         if ctx.records_of(name):
-            try:
-                sections[name] = SECTIONS.get(name)(ctx)
-            except Exception as exc:  # a broken section must not lose the rest of the report
-                sections[name] = f"(section {name} failed to render: {type(exc).__name__}: {exc})"
+            sections[name] = _render(f"section {name}", SECTIONS.get(name), ctx)
+    summaries: dict[str, str] = {}
+    for name in SUMMARIES.names():
+        if name in sections:
+            summaries[name] = _render(f"summary {name}", SUMMARIES.get(name), ctx)
     results = results_dict(run, exitstatus, ctx.artifacts)
     _atomic_write(run_dir / "results.json", json.dumps(results, indent=1, sort_keys=False) + "\n")
-    summary = render_summary(run, results, sections)
-    _atomic_write(run_dir / "summary.md", summary)
-    _atomic_write(run_dir / "index.html", render_html(summary, run_dir, f"nnconform report {run.run_id}"))
-    latest = Path(run.config.report_dir) / "latest"
+    _atomic_write(run_dir / "summary.md", render_summary(run, results, sections, summaries))
+    _atomic_write(run_dir / "index.html", render_html(run, results, sections, summaries, run_dir,
+                                                      f"nnconform report {run.run_id}"))
+
+
+def _publish(tmp: Path, target: Path, overwrite: bool) -> None:
+    """Rename the finished report folder into place; an old one (``overwrite``) is moved aside first
+    and removed only once the new one is in place."""
+    old = None
+    if target.exists() or target.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{target} already exists (pass --nnc-overwrite to replace it)")
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(target, old)
     try:
-        if latest.is_symlink() or latest.exists():
-            latest.unlink()
-        latest.symlink_to(run_dir.name)
-    except OSError:
-        pass
-    return run_dir
+        os.rename(tmp, target)
+    except BaseException:
+        if old is not None:
+            os.rename(old, target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _point_latest(report_dir: Path, run_id: str) -> None:
+    """``latest`` -> the run, replaced atomically (a new link under a temporary name, renamed over)."""
+    tmp = report_dir / f".latest-{uuid.uuid4().hex[:8]}"
+    os.symlink(run_id, tmp)
+    try:
+        os.replace(tmp, report_dir / "latest")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_report(run, exitstatus: int = 0) -> Path:
+    """Write the run's report into a fresh temporary folder beside ``<report_dir>/<run_id>``, rename
+    it into place and point ``latest`` at it; return the run folder.
+
+    Raises ``OSError`` (naming the path) when the report cannot be written; nothing is left behind
+    then, and an existing report of the same id stays as it was.
+    """
+    report_dir = Path(run.config.report_dir)
+    target = report_dir / run.run_id
+    if report_dir.exists() and not report_dir.is_dir():
+        raise NotADirectoryError(f"the report folder {report_dir} is a file")
+    report_dir.mkdir(parents=True, exist_ok=True)
+    if (target.exists() or target.is_symlink()) and not run.config.overwrite:
+        raise FileExistsError(f"{target} already exists (pass --nnc-overwrite to replace it)")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{run.run_id}.", suffix=".tmp", dir=report_dir))
+    try:
+        _render_into(run, tmp, exitstatus)
+        _publish(tmp, target, run.config.overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        _point_latest(report_dir, run.run_id)
+    except OSError as exc:  # the report is in place; only the convenience link is stale
+        run.report_notes.append(f"{report_dir / 'latest'} not updated: {exc}")
+    return target

@@ -1,0 +1,249 @@
+"""The report's two documents, leading with results: ``summary.md`` and ``index.html``.
+
+Order: the verdict (one screen: counts, reasons, failures, skips grouped by reason), the executive
+summary (per criterion, its results table and plot), the details (anchors, datasets, tiers, each
+criterion's section, latency), then the check records, and the environment last. ``summary.md``
+lists failing records in full and passing ones as counts per check id (the full records are in
+``results.json``); ``index.html`` folds every record into one collapsible block per check id.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from . import fmt, md_table
+
+#: Criterion names as a reader knows them.
+CRITERION_TITLES = {"anchors": "Anchors", "compression": "Compression", "updates": "Model updates",
+                    "split": "Split inference", "proposal": "Proposals"}
+
+
+def _title(criterion: str) -> str:
+    return CRITERION_TITLES.get(criterion, criterion or "(unnamed)")
+
+
+def _criteria(run) -> list[str]:
+    seen: list[str] = []
+    for r in run.records:
+        if r.criterion and r.criterion not in seen:
+            seen.append(r.criterion)
+    for o in run.outcomes.values():
+        if o.criterion not in seen:
+            seen.append(o.criterion)
+    return seen
+
+
+def verdict_lines(run, results: dict) -> list[str]:
+    """The verdict block: status and counts, why it is not a pass, failures, skips by reason."""
+    v = results["verdict"]
+    c = v["counts"]
+    lines = [f"**Verdict: {v['status']}**: {c['passed']} cases passed, {c['failed']} failed, {c['error']} errors, "
+             f"{c['skipped']} skipped, {c['not_run']} not run; {len(run.records)} check records.", ""]
+    lines += [f"- {reason}" for reason in v["reasons"]]
+    if v["reasons"]:
+        lines.append("")
+    if v["failures"]:
+        lines += ["Cases that did not pass:", "",
+                  md_table(["case", "why"], [[f["case"], f["message"]] for f in v["failures"]]), ""]
+    if v["skipped"]:
+        lines += ["Skipped cases (only user-supplied anchors, or timing cases the options turned off, may skip):",
+                  "", md_table(["cases", "reason"], [[s["cases"], s["reason"]] for s in v["skipped"]]), ""]
+    if "error" in results["tiers"]:
+        lines += [f"**{results['tiers']['error']}**", ""]
+    lines += [f"Note: {n}" for n in getattr(run, "report_notes", [])]
+    return lines
+
+
+def run_table(run, results: dict) -> str:
+    """Who ran what, when and where."""
+    env = results["environment"]
+    return md_table(["run", "value"], [
+        ["started / finished (UTC)", f"{results['started']} / {results['finished']}"],
+        ["command", " ".join(results["command"])],
+        ["tier", run.config.tier], ["anchors", run.config.anchors],
+        ["commit", f"{env['git']['commit']}{' (uncommitted changes)' if env['git']['dirty'] else ''}"],
+        ["machine", f"{env['machine']['platform']}, {env['machine']['cpu_count']} CPUs, "
+                    f"torch threads {env['machine']['torch_threads']}"],
+    ])
+
+
+def executive_summary(run, summaries: dict[str, str]) -> list[str]:
+    """Per criterion of the run, its results table and plot."""
+    lines = ["## Executive summary", ""]
+    shown = [c for c in _criteria(run) if summaries.get(c, "").strip()]
+    if not shown:
+        return lines + ["No criterion produced results to summarise (see the verdict and the check records).", ""]
+    for criterion in shown:
+        lines += [f"### {_title(criterion)}", "", summaries[criterion].strip(), ""]
+    return lines
+
+
+def detail_lines(run, results: dict, sections: dict[str, str]) -> list[str]:
+    """Anchors, datasets and tiers, then each criterion's own section, then latency."""
+    lines = ["## Details", "", "### Anchors", "",
+             md_table(["anchor", "family", "dataset", "params", "MACs", "documented top-1", "weights", "sha256"],
+                      [[n, a["family"], a["dataset"], a["num_params"], a["macs"], a["metrics"].get("top1"),
+                        a["weights"], a["sha256"]] for n, a in run.anchors_used.items()]),
+             "", "### Datasets", "",
+             md_table(["dataset", "samples", "fingerprint (sha256)", "source", "kind"],
+                      [[n, d["samples"], d["fingerprint"], d["source"], "smoke set" if d["smoke"] else "evaluation"]
+                       for n, d in run.datasets_used.items()]),
+             "", "### Accuracy tiers", ""]
+    tiers = results["tiers"]
+    if "error" in tiers:
+        lines.append(tiers["error"])
+    else:
+        lines.append(md_table(["tier", "margin (relative)", "no significant drop", "rationale"],
+                              [[n, t["relative_margin"], t["require_no_significant_drop"], t["rationale"]]
+                               for n, t in tiers.items()]))
+    for criterion in _criteria(run):
+        if sections.get(criterion, "").strip():
+            lines += ["", f"### Criterion: {criterion}", "", sections[criterion].strip()]
+    if run.benchmarks:
+        lines += ["", "### Latency (pytest-benchmark, CPU)", "",
+                  md_table(["benchmark", "median s", "mean s", "stddev s", "rounds"],
+                           [[b["fullname"] or b["name"], b.get("median"), b.get("mean"), b.get("stddev"),
+                             b.get("rounds")] for b in run.benchmarks])]
+    return lines + [""]
+
+
+def _groups(run) -> dict[str, dict[str, list]]:
+    """Records by criterion, then by check id, in the order they were recorded."""
+    out: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for r in run.records:
+        out[r.criterion or ""][r.check_id].append(r)
+    return out
+
+
+def _explain(check_id: str, checks: dict[str, dict[str, str]]) -> str:
+    info = checks.get(check_id)
+    return f"{info['description']} ({info['direction']})" if info else "(not in the check catalogue)"
+
+
+_NOT_OK = ("fail", "error")
+
+
+def records_markdown(run, results: dict) -> list[str]:
+    """The check records for ``summary.md``: each check id explained with its counts, then every
+    failing record in full (passing records are in ``results.json``)."""
+    groups = _groups(run)
+    checks = results.get("checks", {})
+    lines = ["## Check records", "",
+             "Every check id of the run, what it checks and how its records ended. The full records are in "
+             "`results.json`; `index.html` lists them all.", ""]
+    rows = []
+    for criterion, by_id in groups.items():
+        for check_id, recs in by_id.items():
+            n = Counter(r.status.value for r in recs)
+            rows.append([check_id, _explain(check_id, checks), n["pass"], n["fail"], n["error"], n["skip"], n["info"]])
+    lines += [md_table(["check", "what it checks", "pass", "fail", "error", "skip", "info"], rows), ""]
+    bad = [r for by_id in groups.values() for recs in by_id.values() for r in recs if r.status.value in _NOT_OK]
+    if bad:
+        lines += ["### Failing records", "",
+                  md_table(["check", "subject", "status", "measured", "expected", "tolerance", "message"],
+                           [[r.check_id, r.subject, r.status.value.upper(), r.measured, r.expected, r.tolerance,
+                             r.message] for r in bad]), ""]
+    return lines
+
+
+def _cell(value: Any) -> str:
+    return html.escape(fmt(value))
+
+
+def records_html(run, results: dict) -> str:
+    """Every record, one collapsible ``<details>`` per criterion and check id (open when it failed)."""
+    checks = results.get("checks", {})
+    out = ['<h2 id="check-records">Check records</h2>',
+           "<p>Grouped by criterion and check id; a group opens by itself when one of its records failed.</p>"]
+    for criterion, by_id in _groups(run).items():
+        out.append(f"<h3>{html.escape(_title(criterion))}</h3>")
+        for check_id, recs in by_id.items():
+            n = Counter(r.status.value for r in recs)
+            counts = ", ".join(f"{k} {n[k]}" for k in ("pass", "fail", "error", "skip", "info") if n[k])
+            is_open = " open" if n["fail"] or n["error"] else ""
+            rows = "".join(
+                f'<tr><td>{_cell(r.subject)}</td><td class="s-{r.status.value}">{r.status.value.upper()}</td>'
+                f"<td>{_cell(r.measured)}</td><td>{_cell(r.expected)}</td><td>{_cell(r.tolerance)}</td>"
+                f"<td>{_cell(r.message)}</td></tr>" for r in recs)
+            out.append(f"<details{is_open}><summary><code>{html.escape(check_id)}</code>: "
+                       f"{html.escape(_explain(check_id, checks))} ({counts})</summary>"
+                       "<table><thead><tr><th>subject</th><th>status</th><th>measured</th><th>expected</th>"
+                       f"<th>tolerance</th><th>message</th></tr></thead><tbody>{rows}</tbody></table></details>")
+    return "\n".join(out)
+
+
+def environment_lines(results: dict) -> list[str]:
+    """Versions, seeds and Python: the last section."""
+    env = results["environment"]
+    return ["## Environment", "",
+            md_table(["package", "version"], [[k, v or "not installed"] for k, v in env["packages"].items()]),
+            "", f"Seeds: {fmt(env['seeds'])}. Python {env['python']}.", ""]
+
+
+def render_summary(run, results: dict, sections: dict[str, str], summaries: dict[str, str]) -> str:
+    """``summary.md``: readable on its own, results first, records last."""
+    lines = [f"# nnconform conformance report: run {run.run_id}", ""]
+    lines += verdict_lines(run, results)
+    lines += [run_table(run, results), ""]
+    lines += executive_summary(run, summaries)
+    lines += detail_lines(run, results, sections)
+    lines += records_markdown(run, results)
+    lines += environment_lines(results)
+    return "\n".join(lines)
+
+
+_HTML_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.85em; display: block; overflow-x: auto; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: left; vertical-align: top; }
+th { background: #f0f0f0; } tr:nth-child(even) { background: #fafafa; }
+img { max-width: 100%; border: 1px solid #ddd; } details { margin: 0.3em 0; } summary { cursor: pointer; }
+code { background: #f4f4f4; padding: 0 0.2em; } h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; }
+.s-pass{color:#1a7f37;font-weight:600}.s-fail,.s-error{color:#cf222e;font-weight:600}.s-skip{color:#9a6700}
+"""
+
+
+def _embed_images(body: str, run_dir: Path) -> str:
+    """Plots as data URIs; a plot shown twice (summary and details) is embedded once, then linked."""
+    seen: dict[str, int] = {}
+
+    def embed(match: re.Match) -> str:
+        tag = match.group(0)
+        src = re.search(r'src="([^"]+)"', tag)
+        if src is None:
+            return tag
+        path = (run_dir / src.group(1)).resolve()
+        if path.suffix.lower() != ".png" or not path.is_file() or run_dir.resolve() not in path.parents:
+            return tag
+        if src.group(1) in seen:
+            alt = re.search(r'alt="([^"]*)"', tag)
+            return (f'<a href="#plot-{seen[src.group(1)]}">(plot shown above: '
+                    f'{alt.group(1) if alt else src.group(1)})</a>')
+        seen[src.group(1)] = len(seen)
+        data = base64.b64encode(path.read_bytes()).decode()
+        return tag.replace(src.group(0), f'id="plot-{seen[src.group(1)]}" src="data:image/png;base64,{data}"', 1)
+
+    return re.sub(r"<img[^>]*>", embed, body)
+
+
+def render_html(run, results: dict, sections: dict[str, str], summaries: dict[str, str], run_dir: Path,
+                title: str) -> str:
+    """``index.html``: one self-contained page (plots embedded), results first, records folded last."""
+    import markdown
+
+    def md(lines: list[str]) -> str:
+        return markdown.markdown("\n".join(lines), extensions=["tables"], output_format="html")
+
+    front = [f"# nnconform conformance report: run {run.run_id}", ""] + verdict_lines(run, results)
+    front += [run_table(run, results), ""] + executive_summary(run, summaries) + detail_lines(run, results, sections)
+    body = "\n".join([md(front), records_html(run, results), md(environment_lines(results))])
+    body = _embed_images(body, run_dir)
+    body = re.sub(r"<td>(PASS|FAIL|ERROR|SKIP|INFO)</td>",
+                  lambda m: f'<td class="s-{m.group(1).lower()}">{m.group(1)}</td>', body)
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{_HTML_STYLE}</style></head><body>\n{body}\n</body></html>\n")
