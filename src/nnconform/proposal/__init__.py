@@ -17,8 +17,7 @@ from typing import Iterable
 
 from . import artifacts  # noqa: F401  (registers the `submitted-artifact` compressor)
 from .check import MANIFEST_NAME, SCHEMA_PATH, import_proposal_module, load_proposal, proposal_schema, resolve_manifest
-from .manifest import (NO_CLAIM, CompressionArtifact, CompressionClaim, Problem, Proposal, SplitClaim, SubmittedFile,
-                       UpdateArtifact, UpdateClaim)
+from .manifest import NO_CLAIM, Problem, Proposal, SubmittedFile
 
 _ACTIVE: list[Proposal] = []
 
@@ -38,50 +37,29 @@ def _runnable() -> list[Proposal]:
 
 
 def compression_points():
-    """The compression operating points of the run's valid proposals (code and artifact-only)."""
-    from ..compress import get_compressor
-    from ..compress.suite import OperatingPoint
-    from .artifacts import METHOD, config_for
-
-    out = []
-    for p in _runnable():
-        for c in p.compression:
-            config = get_compressor(c.method).config_cls.from_dict(
-                {**c.config, "method": c.method, "claimed_tier": c.claimed_tier})
-            out.append(OperatingPoint(c.anchor, c.method, c.label, c.run_tier, config, proposal=p.name,
-                                      claimed_bytes=c.claimed_bytes))
-        for a in p.compression_artifacts:
-            config = config_for(a.files, a.decoder, a.decoder_config, a.claimed_tier)
-            out.append(OperatingPoint(a.anchor, METHOD, f"{p.name}-{a.label}", "quick", config, proposal=p.name,
-                                      claimed_bytes=a.claimed_bytes))
-    return out
+    """The compression operating points (``CompressionPoint``) of the run's valid proposals, code and
+    artifact-only: the checker parsed them straight into the criterion's points."""
+    return [point for p in _runnable() for point in p.compression + p.compression_artifacts]
 
 
 def update_points():
-    """The update-codec operating points of the run's valid proposals."""
-    from ..updates.plan import OperatingPoint
-
-    return [OperatingPoint(u.codec, dict(u.params), dict(u.claims), u.run_tier, f"proposal {p.name} {p.version}",
-                           name=u.label, anchors=u.anchors, proposal=p.name)
-            for p in _runnable() for u in p.updates]
+    """The update-codec operating points (``UpdatePoint``) of the run's valid proposals: the checker parsed
+    them straight into the criterion's points."""
+    return [point for p in _runnable() for point in p.updates]
 
 
-def update_artifacts() -> list[UpdateArtifact]:
-    """The update payloads the run's valid proposals submitted."""
+def update_artifacts():
+    """The update payloads (``UpdateArtifact`` points) the run's valid proposals submitted."""
     return [a for p in _runnable() for a in p.update_artifacts]
 
 
 def split_points():
-    """The feature-codec operating points of the run's valid proposals."""
-    from ..split.manifest import OperatingPoint
-
-    return [OperatingPoint(id=s.label, family=s.codec, codec=s.codec, params=tuple(sorted(s.params.items())),
-                           claim=s.claimed_tier, lossless=s.lossless, tier=s.run_tier,
-                           description=f"proposal {p.name} {p.version}", anchors=s.anchors, proposal=p.name)
-            for p in _runnable() for s in p.split]
+    """The feature-codec operating points (``SplitPoint``) of the run's valid proposals: the checker parsed
+    them straight into the criterion's points."""
+    return [point for p in _runnable() for point in p.split]
 
 
-__all__ = ["MANIFEST_NAME", "NO_CLAIM", "SCHEMA_PATH", "CompressionArtifact", "CompressionClaim", "Problem",
-           "Proposal", "SplitClaim", "SubmittedFile", "UpdateArtifact", "UpdateClaim", "activate",
+__all__ = ["MANIFEST_NAME", "NO_CLAIM", "SCHEMA_PATH", "Problem",
+           "Proposal", "SubmittedFile", "activate",
            "active_proposals", "compression_points", "import_proposal_module", "load_proposal", "proposal_schema",
            "resolve_manifest", "split_points", "update_artifacts", "update_points"]

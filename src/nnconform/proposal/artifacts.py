@@ -18,49 +18,49 @@ from pathlib import Path
 from torch import nn
 
 from ..compress.base import (Artifact, ArtifactError, CompressedModel, CompressionContext, CompressionError,
-                             CompressorConfig, get_compressor, register_compressor)
+                             Compressor, CompressorConfig, make_compressor)
 from ..hashing import sha256_bytes
+from ..kit import ConfigError, register_method
 
 METHOD = "submitted-artifact"
 
 
-@dataclass(frozen=True)
-class SubmittedArtifactConfig(CompressorConfig):
-    """Where the submitted files are, the sha256 each must have, and which reference decoder reads them.
-
-    ``decoder_config`` is the reference compressor's config as canonical JSON (a frozen config must be
-    hashable).
-    """
-
-    files: tuple[str, ...] = ()
-    sha256: tuple[str, ...] = ()
-    decoder: str = "safetensors"
-    decoder_config: str = "{}"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.files:
-            raise ValueError(f"{METHOD}: `files` is empty")
-        if len(self.files) != len(self.sha256):
-            raise ValueError(f"{METHOD}: {len(self.files)} files but {len(self.sha256)} sha256 values")
-        names = [Path(f).name for f in self.files]
-        if len(set(names)) != len(names):
-            raise ValueError(f"{METHOD}: two submitted files share a name: {names}")
-
-
-@register_compressor
-class SubmittedArtifact:
+@register_method("compressor", METHOD)
+class SubmittedArtifact(Compressor):
     """Reads submitted files (hash-checked) and decodes them with a reference decoder."""
 
-    name = METHOD
-    config_cls = SubmittedArtifactConfig
+    @dataclass(frozen=True)
+    class Config(CompressorConfig):
+        """Where the submitted files are, the sha256 each must have, and which reference decoder reads them.
+
+        ``decoder_config`` is the reference compressor's config as canonical JSON (a frozen config must be
+        hashable).
+        """
+
+        files: tuple[str, ...] = ()
+        sha256: tuple[str, ...] = ()
+        decoder: str = "safetensors"
+        decoder_config: str = "{}"
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if not self.files:
+                raise ConfigError(f"{METHOD}: `files` is empty")
+            if len(self.files) != len(self.sha256):
+                raise ConfigError(f"{METHOD}: {len(self.files)} files but {len(self.sha256)} sha256 values")
+            names = [Path(f).name for f in self.files]
+            if len(set(names)) != len(names):
+                raise ConfigError(f"{METHOD}: two submitted files share a name: {names}")
+
     description = "artifact-only submission, decoded by a reference decoder"
     #: the files are re-read and re-hashed on every run: a cached copy would hide a changed file
     cacheable = False
     #: ONNX graphs run integer kernels where a simulation would not; there is no method-side model to match
     decode_tolerance = 5e-2
 
-    def compress(self, model: nn.Module, config: SubmittedArtifactConfig, ctx: CompressionContext) -> CompressedModel:
+    def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressedModel:
+        """The submitted files, each refused unless its bytes hash to the pinned sha256."""
+        config = self.config
         files = {}
         for path, pinned in zip(config.files, config.sha256):
             try:
@@ -77,15 +77,15 @@ class SubmittedArtifact:
                                metadata={"decoder": config.decoder, "files": {Path(p).name: h for p, h in
                                                                               zip(config.files, config.sha256)}})
 
-    def decode(self, artifact: Artifact, template: nn.Module, config: SubmittedArtifactConfig,
-               ctx: CompressionContext) -> nn.Module:
+    def decode(self, artifact: Artifact, template: nn.Module, ctx: CompressionContext) -> nn.Module:
+        """The plain safetensors or ONNX decoder, or the named reference compressor's own decoder."""
+        config = self.config
         if config.decoder == "safetensors":
             return _decode_state_dict(artifact, template)
         if config.decoder == "onnx":
             return _decode_onnx(artifact)
-        reference = get_compressor(config.decoder)
-        ref_config = reference.config_cls.from_dict({**json.loads(config.decoder_config), "method": config.decoder})
-        return reference.decode(artifact, template, ref_config, ctx)
+        reference = make_compressor(config.decoder, json.loads(config.decoder_config))
+        return reference.decode(artifact, template, ctx)
 
 
 def _single(artifact: Artifact, suffix: str) -> tuple[str, bytes]:
@@ -122,11 +122,13 @@ def _decode_onnx(artifact: Artifact) -> nn.Module:
     return OnnxModule(data, optimization="basic").eval()
 
 
-def config_for(files, decoder: str, decoder_config, claimed_tier: str | None) -> SubmittedArtifactConfig:
-    """The config of one artifact-only operating point."""
+SubmittedArtifactConfig = SubmittedArtifact.Config
+
+
+def config_for(files, decoder: str, decoder_config) -> SubmittedArtifactConfig:
+    """The config of one artifact-only operating point (its claims are the point's)."""
     return SubmittedArtifactConfig(files=tuple(str(f.path) for f in files), sha256=tuple(f.sha256 for f in files),
-                                   decoder=decoder, decoder_config=json.dumps(dict(decoder_config), sort_keys=True),
-                                   claimed_tier=claimed_tier)
+                                   decoder=decoder, decoder_config=json.dumps(dict(decoder_config), sort_keys=True))
 
 
 __all__ = ["METHOD", "SubmittedArtifact", "SubmittedArtifactConfig", "config_for"]

@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..hashing import sha256_bytes, sha256_file
-from .manifest import (NO_CLAIM, CompressionArtifact, CompressionClaim, Problem, Proposal, SubmittedFile, SplitClaim,
-                       UpdateArtifact, UpdateClaim)
+from .manifest import NO_CLAIM, Problem, Proposal, SubmittedFile
 
 SCHEMA_PATH = Path(__file__).with_name("proposal.schema.json")
 MANIFEST_NAME = "proposal.toml"
@@ -162,10 +161,40 @@ class _Checker:
             self.problem(where, f"{what} {key!r} is already taken (by {taken_by})")
         return taken_by is None
 
+    def confined(self, where: str, rel: str) -> Path | None:
+        """``rel`` inside the proposal folder, or a problem and ``None``: a path leaving the folder (``..``,
+        absolute, a link out, a link loop) is refused without reading, hashing or even stat-ing its target."""
+        from .tree import PathEscape, confine  # imported here: `python -m nnconform.proposal.tree` runs it as main
+
+        try:
+            return confine(self.manifest.parent, rel)
+        except PathEscape as exc:
+            self.problem(where, str(exc))
+            return None
+
+    def onnx_external_data(self, where: str, entry: dict) -> bool:
+        """An ONNX artifact's external data files must be listed in ``files`` (so pinned and counted) and
+        confined to the folder; a problem per tensor otherwise."""
+        from .tree import onnx_external_data_problems
+
+        listed = [f["path"] for f in entry.get("files", []) if isinstance(f, dict) and isinstance(f.get("path"), str)]
+        ok = True
+        for rel in (r for r in listed if r.endswith(".onnx")):
+            try:
+                problems = onnx_external_data_problems(self.manifest.parent, rel, listed)
+            except Exception as exc:  # an unreadable graph is named here, not crashed on
+                problems = [f"{rel}: not a readable ONNX model ({type(exc).__name__}: {exc})"]
+            for message in problems:
+                self.problem(f"{where}.files", message)
+                ok = False
+        return ok
+
     def submitted_file(self, where: str, raw: Any) -> SubmittedFile | None:
         if not isinstance(raw, dict) or not isinstance(raw.get("path"), str):
             return None
-        path = (self.manifest.parent / raw["path"]).resolve()
+        path = self.confined(f"{where}.path", raw["path"])
+        if path is None:
+            return None
         pinned = str(raw.get("sha256", ""))
         if not path.is_file():
             self.problem(f"{where}.path", f"no such file {path}")
@@ -204,21 +233,27 @@ def load_proposal(path: str | Path, *, import_code: bool = True) -> Proposal:
     criteria = tuple(c for c in head.get("criteria", []) if c in KINDS)
 
     module = head.get("module")
-    module_path = (manifest.parent / module).resolve() if isinstance(module, str) else None
+    module_path = ck.confined("proposal.module", module) if isinstance(module, str) else None
     package = head.get("package") if isinstance(head.get("package"), str) else None
     code_sections = [k for k in KINDS if data.get(k)]
     if module_path is not None and package is not None:
         ck.problem("proposal.module", "give either `module` or `package`, not both")
-    if code_sections and module_path is None and package is None:
+    if code_sections and not isinstance(module, str) and package is None:
         ck.problem("proposal", f"[[{code_sections[0]}]] names methods to run, but the manifest gives no `module` "
                                f"(a .py file) or `package` that registers them")
     pinned = head.get("module_sha256")
-    if isinstance(pinned, str) and module_path is None:
+    if isinstance(pinned, str) and not isinstance(module, str):
         ck.problem("proposal.module_sha256", "pins a module, but the manifest gives no `module`")
-    elif isinstance(pinned, str) and module_path.is_file() and (actual := sha256_file(module_path)) != pinned:
+    elif isinstance(pinned, str) and module_path is not None and module_path.is_file() and (actual := sha256_file(module_path)) != pinned:
         ck.problem("proposal.module_sha256", f"{module_path.name} hashes to {actual}, the manifest pins {pinned}: "
                                              f"not the reviewed code, so it is not imported")
         module_path = None  # never run code other than the pinned one
+    from .tree import tree_pin_problem
+
+    tree_pin = head.get("tree_sha256")
+    if isinstance(tree_pin, str) and (why := tree_pin_problem(manifest.parent, tree_pin)) is not None:
+        ck.problem("proposal.tree_sha256", f"{why}, so no code of it is imported")
+        module_path, package = None, None  # the pin covers every file the code could read
     if import_code:
         ck.load_code(module_path, package)
 
@@ -266,33 +301,64 @@ def _entries(data: dict, key: str) -> list[tuple[int, dict]]:
     return [(i, e) for i, e in enumerate(items if isinstance(items, list) else []) if isinstance(e, dict)]
 
 
-def _compression_claims(ck: _Checker, data: dict, name: str, tier_ok, anchor_ok) -> tuple[CompressionClaim, ...]:
-    from ..compress import COMPRESSORS, get_compressor
-    from ..compress.suite import load_suite
+def _compression_point(ck: _Checker, where: str, *args, **fields):
+    """A ``CompressionPoint`` (claims on the point); a problem at ``where`` when it does not build."""
+    from ..compress.plan import CompressionPoint
+    from ..kit import PointError
 
-    reference_ids = {p.id for p in load_suite().points}
+    try:
+        return CompressionPoint(*args, **fields)
+    except PointError as exc:
+        ck.problem(where, str(exc))
+        return None
+
+
+def _compression_claims(ck: _Checker, data: dict, name: str, tier_ok, anchor_ok) -> tuple:
+    """The manifest's ``[[compression]]`` entries, parsed straight into ``CompressionPoint``s."""
+    from ..compress import COMPRESSORS
+    from ..compress.plan import build_config, load_plan
+
+    reference_ids = {p.id for p in load_plan().points}
     out, seen = [], set()
     for i, e in _entries(data, "compression"):
         where = f"compression[{i}]"
         method, label, tier = e.get("method"), e.get("label"), e.get("claimed_tier")
         ok = anchor_ok(f"{where}.anchor", e.get("anchor")) & tier_ok(f"{where}.claimed_tier", tier, allow_none=True)
-        claimed = None if tier == NO_CLAIM else tier
         if not isinstance(method, str) or not isinstance(label, str):
             continue
         if not ck.registered(f"{where}.method", COMPRESSORS, method):
             continue
         config = dict(e.get("config", {})) if isinstance(e.get("config"), dict) else {}
+        built = []
         ok &= ck.builds(f"{where}.config", f"the {method!r} config does not build",
-                        lambda: get_compressor(method).config_cls.from_dict(
-                            {**config, "method": method, **({"claimed_tier": claimed} if ok else {})}))
+                        lambda: built.append(build_config(method, config, f"{where}.config")))
         ok &= ck.unique(f"{where}.label", "case id", f"{e.get('anchor')}-{method}-{label}", reference_ids, seen)
         if ok:
-            out.append(CompressionClaim(name, e["anchor"], method, label, config, claimed, e.get("claimed_bytes"),
-                                        e.get("run_tier", "quick")))
+            point = _compression_point(ck, where, e["anchor"], method, built[0], label=label,
+                                       run_tier=e.get("run_tier", "quick"),
+                                       claimed_tier=None if tier == NO_CLAIM else tier,
+                                       claimed_bytes=e.get("claimed_bytes"), proposal=name)
+            if point is not None:
+                out.append(point)
     return tuple(out)
 
 
+def _update_point(ck: _Checker, where: str, cls_name: str, *args, **fields):
+    """An ``UpdatePoint`` or ``UpdateArtifact`` (claims on the point); a problem at ``where`` when it does not
+    build."""
+    from ..kit import PointError
+    from ..updates import plan
+
+    try:
+        return getattr(plan, cls_name)(*args, **fields)
+    except PointError as exc:
+        ck.problem(where, str(exc))
+        return None
+
+
 def _update_claims(ck: _Checker, data: dict, name: str, anchors, known_anchors, tier_ok, get_anchor):
+    """The manifest's ``[[updates]]`` entries, parsed straight into ``UpdatePoint``s: ``claimed_tier`` (one tier,
+    or a table per pair kind) becomes the point's ``claimed_tier`` (the ``"*"`` claim) and ``pair_claims``."""
     from ..updates import UPDATE_CODECS, make_codec
     from ..updates.plan import load_plan
 
@@ -318,17 +384,25 @@ def _update_claims(ck: _Checker, data: dict, name: str, anchors, known_anchors, 
         ok &= ck.builds(f"{where}.params", f"update codec {codec!r} does not accept these parameters",
                         lambda: make_codec(codec, params))
         ok &= ck.unique(f"{where}.label", "label", label, reference_labels, seen)
-        if ok:
-            out.append(UpdateClaim(name, codec, label, params=params, claims=claims, anchors=tuple(anchors),
-                                   run_tier=e.get("run_tier", "quick")))
+        head = data.get("proposal") if isinstance(data.get("proposal"), dict) else {}
+        tier = {k: None if t == NO_CLAIM else t for k, t in claims.items()}
+        point = _update_point(ck, where, "UpdatePoint", codec, params, label=label, proposal=name,
+                              run_tier=e.get("run_tier", "quick"), claimed_tier=tier.pop("*", None),
+                              pair_claims=tier, anchors=tuple(anchors),
+                              description=f"proposal {name} {head.get('version', '')}") if ok else None
+        if point is not None:
+            out.append(point)
     return tuple(out)
 
 
-def _split_claims(ck: _Checker, data: dict, name: str, anchors, tier_ok) -> tuple[SplitClaim, ...]:
-    from ..split import load_split_manifest
-    from ..split.codecs import FEATURE_CODECS
+def _split_claims(ck: _Checker, data: dict, name: str, anchors, tier_ok) -> tuple:
+    """The manifest's ``[[split]]`` entries, parsed straight into the split criterion's ``SplitPoint``s."""
+    from ..kit import PointError
+    from ..split.codecs import REGISTRY, make_codec
+    from ..split.plan import SplitPoint, load_plan
 
-    reference_ids = {p.id for p in load_split_manifest().points}
+    reference_ids = {p.label for p in load_plan().points}
+    version = str(data["proposal"].get("version", "")) if isinstance(data.get("proposal"), dict) else ""
     out, seen = [], set()
     for i, e in _entries(data, "split"):
         where = f"split[{i}]"
@@ -336,20 +410,29 @@ def _split_claims(ck: _Checker, data: dict, name: str, anchors, tier_ok) -> tupl
         ok = tier_ok(f"{where}.claimed_tier", claim, allow_none=True)
         if not isinstance(codec, str) or not isinstance(label, str):
             continue
-        if not ck.registered(f"{where}.codec", FEATURE_CODECS, codec):
+        if not ck.registered(f"{where}.codec", REGISTRY, codec):
             continue
         params = dict(e.get("params", {})) if isinstance(e.get("params"), dict) else {}
+        built = []
         ok &= ck.builds(f"{where}.params", f"feature codec {codec!r} does not build with these parameters",
-                        lambda: FEATURE_CODECS.get(codec)(**params))
+                        lambda: built.append(make_codec(codec, params)))
         ok &= ck.unique(f"{where}.label", "operating point id", label, reference_ids, seen)
         if ok:
-            out.append(SplitClaim(name, codec, label, params, None if claim == NO_CLAIM else claim, tuple(anchors),
-                                  bool(e.get("lossless", False)), e.get("run_tier", "quick")))
+            try:
+                out.append(SplitPoint(label=label, family=codec, codec=codec, params=tuple(sorted(params.items())),
+                                      claimed_tier=None if claim == NO_CLAIM else claim,
+                                      lossless=bool(e.get("lossless", False)), run_tier=e.get("run_tier", "quick"),
+                                      version=built[0].config.version, description=f"proposal {name} {version}",
+                                      anchors=tuple(anchors), proposal=name))
+            except PointError as exc:
+                ck.problem(where, str(exc))
     return tuple(out)
 
 
 def _artifacts(ck: _Checker, data: dict, name: str, tier_ok, anchor_ok, get_anchor):
-    from ..compress import COMPRESSORS, get_compressor
+    from ..compress import COMPRESSORS
+    from ..compress.plan import build_config
+    from .artifacts import METHOD, config_for
 
     comp, upd, seen = [], [], set()
     for i, e in _entries(data, "artifacts"):
@@ -358,6 +441,8 @@ def _artifacts(ck: _Checker, data: dict, name: str, tier_ok, anchor_ok, get_anch
         ok = anchor_ok(f"{where}.anchor", e.get("anchor")) & tier_ok(f"{where}.claimed_tier", tier)
         files = [ck.submitted_file(f"{where}.files[{j}]", f) for j, f in enumerate(e.get("files", []))]
         ok = ok and bool(files) and all(f is not None for f in files)
+        if ok and kind == "compression" and e.get("decoder") == "onnx":
+            ok = ck.onnx_external_data(where, e)
         key = (kind, e.get("anchor"), label)
         if key in seen:
             ck.problem(f"{where}.label", f"label {label!r} is used twice for {kind} artifacts of {e.get('anchor')!r}")
@@ -373,13 +458,16 @@ def _artifacts(ck: _Checker, data: dict, name: str, tier_ok, anchor_ok, get_anch
                     ok = False
                 else:
                     ok &= ck.builds(f"{where}.decoder_config", f"the {decoder!r} config does not build",
-                                    lambda: get_compressor(decoder).config_cls.from_dict({**config, "method": decoder}))
+                                    lambda: build_config(decoder, config, f"{where}.decoder_config"))
             elif isinstance(decoder, str) and config:
                 ck.problem(f"{where}.decoder_config", f"the {decoder!r} decoder takes no config")
                 ok = False
             if ok and isinstance(label, str) and isinstance(decoder, str):
-                comp.append(CompressionArtifact(name, e["anchor"], label, tuple(files), decoder, config, tier,
-                                                e.get("claimed_bytes")))
+                point = _compression_point(ck, where, e["anchor"], METHOD, config_for(files, decoder, config),
+                                           label=f"{name}-{label}", run_tier="quick", claimed_tier=tier,
+                                           claimed_bytes=e.get("claimed_bytes"), proposal=name)
+                if point is not None:
+                    comp.append(point)
         elif kind == "updates":
             base, target = e.get("base"), e.get("target")
             if isinstance(e.get("anchor"), str) and ok:
@@ -393,9 +481,11 @@ def _artifacts(ck: _Checker, data: dict, name: str, tier_ok, anchor_ok, get_anch
                     ck.problem(f"{where}.target", f"checkpoint {target!r} does not come after {base!r} in the lineage "
                                                   f"{names}")
                     ok = False
-            if ok and isinstance(label, str):
-                upd.append(UpdateArtifact(name, e["anchor"], label, base, target, files[0], tier,
-                                          e.get("claimed_bytes")))
+            point = _update_point(ck, where, "UpdateArtifact", e["anchor"], base, target, files[0], label=label,
+                                  proposal=name, claimed_tier=tier, claimed_bytes=e.get("claimed_bytes")) \
+                if ok and isinstance(label, str) else None
+            if point is not None:
+                upd.append(point)
     return tuple(comp), tuple(upd)
 
 

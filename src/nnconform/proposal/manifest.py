@@ -11,9 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..records import CheckRecord, Status
+
+if TYPE_CHECKING:  # the compression package imports torch; the manifest shapes do not need it
+    from ..compress.plan import CompressionPoint
+    from ..updates.plan import UpdateArtifact, UpdatePoint
 
 #: The value of an update or split claim that measures without gating.
 NO_CLAIM = "none"
@@ -50,81 +54,6 @@ class SubmittedFile:
 
 
 @dataclass(frozen=True)
-class CompressionClaim:
-    """A compressor operating point: the method's config on one anchor and what it claims there."""
-
-    proposal: str
-    anchor: str
-    method: str
-    label: str
-    config: Mapping[str, Any]
-    claimed_tier: str | None  # None: a measured point of the size-accuracy curve, not gated
-    claimed_bytes: int | None = None
-    run_tier: str = "quick"
-
-
-@dataclass(frozen=True)
-class UpdateClaim:
-    """An update-codec operating point, run on the lineage pairs of the proposal's anchors."""
-
-    proposal: str
-    codec: str
-    label: str
-    params: Mapping[str, Any]
-    claims: Mapping[str, str]  # pair kind (or "*") -> accuracy tier or "none"
-    anchors: tuple[str, ...]
-    run_tier: str = "quick"
-
-
-@dataclass(frozen=True)
-class SplitClaim:
-    """A feature-codec operating point, run at the coded cuts of the proposal's anchors."""
-
-    proposal: str
-    codec: str
-    label: str
-    params: Mapping[str, Any]
-    claimed_tier: str | None
-    anchors: tuple[str, ...]
-    lossless: bool = False
-    run_tier: str = "quick"
-
-
-@dataclass(frozen=True)
-class CompressionArtifact:
-    """Compressed weights submitted as files, decoded by a reference decoder."""
-
-    proposal: str
-    anchor: str
-    label: str
-    files: tuple[SubmittedFile, ...]
-    decoder: str
-    decoder_config: Mapping[str, Any]
-    claimed_tier: str
-    claimed_bytes: int | None = None
-
-
-@dataclass(frozen=True)
-class UpdateArtifact:
-    """An update payload submitted as a file: it must turn the anchor's ``base`` checkpoint into a model
-    that meets ``claimed_tier`` against the ``target`` checkpoint."""
-
-    proposal: str
-    anchor: str
-    label: str
-    base: str
-    target: str
-    file: SubmittedFile
-    claimed_tier: str
-    claimed_bytes: int | None = None
-
-    @property
-    def id(self) -> str:
-        """``acme-fmnist-lenet5-epoch8-finetune-q8``."""
-        return f"{self.proposal}-{self.anchor}-{self.base}-{self.target}-{self.label}"
-
-
-@dataclass(frozen=True)
 class Proposal:
     """A checked proposal manifest. ``problems`` lists everything the checker found (empty: valid)."""
 
@@ -138,11 +67,15 @@ class Proposal:
     package: str | None = None
     anchors: tuple[str, ...] = ()
     criteria: tuple[str, ...] = ()
-    compression: tuple[CompressionClaim, ...] = ()
-    updates: tuple[UpdateClaim, ...] = ()
-    split: tuple[SplitClaim, ...] = ()
-    compression_artifacts: tuple[CompressionArtifact, ...] = ()
-    update_artifacts: tuple[UpdateArtifact, ...] = ()
+    #: compressor operating points, parsed straight into the criterion's points (claims on the point)
+    compression: tuple["CompressionPoint", ...] = ()
+    #: update-codec operating points, parsed straight into the criterion's points (claims on the point)
+    updates: tuple["UpdatePoint", ...] = ()
+    split: tuple = ()  # nnconform.split.plan.SplitPoint, one per [[split]] entry
+    #: artifact-only compressed weights: points of the ``submitted-artifact`` method
+    compression_artifacts: tuple["CompressionPoint", ...] = ()
+    #: artifact-only update payloads, as the criterion's points of submitted payloads
+    update_artifacts: tuple["UpdateArtifact", ...] = ()
     manifest_sha256: str = ""
     problems: tuple[Problem, ...] = field(default=())
 
@@ -159,8 +92,7 @@ class Proposal:
             "module": str(self.module) if self.module else None, "package": self.package,
             "anchors": list(self.anchors), "criteria": list(self.criteria),
             "operating_points": {
-                "compression": [f"{c.anchor}/{c.method}/{c.label}" for c in self.compression]
-                + [f"{a.anchor}/artifact/{a.label}" for a in self.compression_artifacts],
+                "compression": [c.subject for c in self.compression + self.compression_artifacts],
                 "updates": [u.label for u in self.updates] + [a.id for a in self.update_artifacts],
                 "split": [s.label for s in self.split]},
             "problems": [{"file": p.file, "field": p.field, "message": p.message} for p in self.problems],

@@ -3,8 +3,8 @@
 Renders the per-case table (size, accuracy change with its interval, agreement, KL, worst class,
 MAC/parameter reduction, strictest tier met, claimed tier, latency), the AIMET-model-zoo-like
 FP32/W8A8/W4A8 table, and writes under ``<run>/compression/``: one size-accuracy curve JSON per
-(anchor, method) (``curves/<anchor>/<method>.json``, CompressAI's ``{name, description, results}``)
-and one plot per anchor (``size-accuracy-<anchor>.png``).
+(anchor, method) (``curves/<anchor>/<method>.json``, the kit's :class:`~nnconform.kit.RateCurve`)
+and one plot per anchor (``size-accuracy-<anchor>.png``, :func:`~nnconform.kit.plot_curves`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ def _pct(x) -> str:
 
 @SECTIONS.register("compression")
 def section(ctx: ReportContext) -> str:
-    from ..compress.curves import case_rows, curves, plot_anchor, write_curves, zoo_table
+    from ..compress.curves import case_rows, rate_curves, zoo_table
+    from ..kit import plot_curves, write_curves
 
     recs = ctx.records_of("compression")
     rows = case_rows(recs)
@@ -55,16 +56,22 @@ def section(ctx: ReportContext) -> str:
         out += ["#### AIMET quantization (model-zoo style)", "",
                 md_table(["anchor", "FP32 top-1 (bytes)", "W8A8 top-1 (bytes)", "W4A8 AdaRound top-1 (bytes)"], zoo),
                 ""]
-    curve_list = curves(rows)
+    curve_list = rate_curves(rows)
     folder = ctx.run_dir / SUBDIR
     for path, c in zip(write_curves(curve_list, folder / "curves"), curve_list):
-        ctx.artifacts[f"compression/curve/{c['name']}"] = str(path.relative_to(ctx.run_dir))
+        ctx.artifacts[f"compression/curve/{c.name}"] = str(path.relative_to(ctx.run_dir))
     by_anchor = defaultdict(list)
     for c in curve_list:
-        by_anchor[c["anchor"]].append(c)
-    for anchor in by_anchor:
-        path = plot_anchor(anchor, curve_list, folder / f"size-accuracy-{anchor}.png")
+        by_anchor[c.subject].append(c)
+    for anchor, anchor_curves in by_anchor.items():
+        ref = anchor_curves[0].meta["reference"]
+        path = plot_curves(anchor_curves, folder / f"size-accuracy-{anchor}.png", x="bytes", y="top1",
+                           xlabel="artifact size (bytes, log scale)", ylabel="top-1 accuracy",
+                           title=f"{anchor}: size vs accuracy per compression method",
+                           reference=(ref["bytes"], ref["top1"]), reference_label="fp32 anchor",
+                           hlines=[(ref["top1"] * 0.99, "99% of anchor")], size=(9, 4.8))
         rel = str(path.relative_to(ctx.run_dir))
         ctx.artifacts[f"compression/plot/{anchor}"] = rel
         out += [f"![{anchor} size vs accuracy]({rel})", ""]
     return "\n".join(out)
+
