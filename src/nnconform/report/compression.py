@@ -75,3 +75,35 @@ def section(ctx: ReportContext) -> str:
         out += [f"![{anchor} size vs accuracy]({rel})", ""]
     return "\n".join(out)
 
+
+def _summary_plots(ctx: ReportContext, prefix: str) -> list[str]:
+    return [f"![{key.removeprefix(prefix)} plot]({rel})" for key, rel in ctx.artifacts.items()
+            if key.startswith(prefix) and rel.endswith(".png")]
+
+
+def summary(ctx: ReportContext) -> str:
+    """Executive summary: per anchor and method, bytes, ratio, top-1, delta with its 95% CI and the
+    accuracy tier met (beside the one claimed); then the size-accuracy plots the section drew."""
+    from ..compress.curves import case_rows
+
+    rows = case_rows(ctx.records_of("compression"))
+    if not rows:
+        return ""
+    table = []
+    for r in rows:
+        ci = r.get("delta_ci95") or [None, None]
+        delta = "" if r.get("delta") is None else f"{r['delta']:+.2%}"
+        if ci[0] is not None:
+            delta += f" [{ci[0]:+.2%}, {ci[1]:+.2%}]"
+        table.append([r["anchor"], r["method"], r["label"], r.get("bytes"),
+                      "" if r.get("compression_ratio") is None else f"{r['compression_ratio']:.2f}x",
+                      _pct(r["top1"]), delta, r["best_tier"] or "none", r["claimed_tier"] or "-",
+                      r["status"].upper()])
+    return "\n".join([md_table(["anchor", "method", "point", "bytes", "ratio", "top-1", "delta [95% CI]",
+                                "tier met", "claimed", "status"], table), ""]
+                     + _summary_plots(ctx, "compression/plot/"))
+
+
+from . import SUMMARIES  # noqa: E402  (the summary registry; added beside the section)
+
+SUMMARIES.register("compression", summary)

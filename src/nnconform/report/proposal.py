@@ -53,3 +53,24 @@ def section(ctx: ReportContext) -> str:
         else:
             out += ["No case of this proposal ran (see the skipped cases of its criteria).", ""]
     return "\n".join(out)
+
+
+def summary(ctx: ReportContext) -> str:
+    """Executive summary: per proposal, whether its manifest was valid and how many of its records
+    (claims and gates) passed."""
+    rows = []
+    for p in getattr(ctx.session, "proposals", []):
+        recs = [r for r in ctx.records if _proposal_of(r) == p.name]
+        failing = [r for r in recs if not r.passed]
+        rows.append([f"{p.name} {p.version}", p.organization, ", ".join(p.criteria),
+                     "valid" if p.ok else f"REJECTED ({len(p.problems)} problems)", len(recs) - len(failing),
+                     len(failing)])
+    if not rows:
+        return ""
+    return md_table(["proposal", "organization", "criteria", "manifest", "records passed", "records not passed"],
+                    rows)
+
+
+from . import SUMMARIES  # noqa: E402  (the summary registry; added beside the section)
+
+SUMMARIES.register("proposal", summary)

@@ -209,6 +209,41 @@ def _selection(recs) -> list[str]:
         ok = [f"{p['cut']}/{p['codec']}" for p in pairs if p["fits"] and p["keeps_tier"]]
         out += [f"**{r.subject}** ({r.details.get('source', '')}): {len(ok)} of {len(pairs)} coded pairs fit "
                 f"and keep the tier" + (f": {', '.join(ok)}" if ok else "") + ".", ""]
+
+
+def summary(ctx: ReportContext) -> str:
+    """Executive summary: per anchor, cut and codec family, the smallest coded point that keeps the
+    strictest tier any point of the family met (bits per sample, share of fp32, top-1 and its change
+    against the uncoded model); then the rate-accuracy plots the section drew."""
+    best: dict[tuple, object] = {}
+    for r in ctx.records_of("split"):
+        d = r.details
+        if r.check_id != "split.codec_accuracy" or "bits_per_sample" not in d:
+            continue
+        anchor, cut, _ = r.subject.split("/", 2)
+        key = (anchor, cut, d["family"])
+        rank = (d.get("best_tier") is None, d["bits_per_sample"])
+        if key not in best or rank < best[key][0]:
+            best[key] = (rank, r)
+    if not best:
+        return ""
+    table = []
+    for (anchor, cut, fam), (_, r) in best.items():
+        d = r.details
+        ref = d.get("ref_top1")
+        table.append([anchor, cut, fam, d["point"]["label"], f"{d['bits_per_sample']:.0f}",
+                      _pct(d["bits_per_sample"] / d["raw_bits"]), f"{d['top1']:.4f}",
+                      "" if ref is None else f"{d['top1'] - ref:+.2%}", d.get("best_tier") or "none",
+                      r.status.value.upper()])
+    plots = [f"![{key.removeprefix('split/rate-accuracy/')} rate-accuracy]({rel})"
+             for key, rel in ctx.artifacts.items() if key.startswith("split/rate-accuracy/")]
+    return "\n".join([md_table(["anchor", "cut", "family", "point", "bits/sample", "of fp32", "top-1",
+                                "vs uncoded", "tier met", "status"], table), ""] + plots)
+
+
+from . import SUMMARIES  # noqa: E402  (the summary registry; added beside the section)
+
+SUMMARIES.register("split", summary)
     return out
 
 

@@ -139,3 +139,25 @@ def render_updates(ctx: ReportContext) -> str:
     recs = ctx.records_of("updates")
     lines = _trajectories(ctx, recs) + _comparisons(ctx, recs) + _codecs(ctx, recs)
     return "\n".join(lines)
+
+
+def summary(ctx: ReportContext) -> str:
+    """Executive summary: per lineage pair and update codec point, payload bytes, ratio to the full
+    checkpoint, top-1, change against the target and the accuracy tier met; then the rate-accuracy
+    plots the section drew."""
+    rows = [r for r in ctx.records_of("updates") if r.check_id == "updates.accuracy" and "pair" in r.details]
+    if not rows:
+        return ""
+    rows.sort(key=lambda r: (r.details["pair"], r.details["bytes"]))
+    table = [[r.details["pair"], r.details["label"], r.details["bytes"], f"{r.details['ratio_to_full']:.4f}",
+              _pct(r.details["top1"]), f"{r.details['delta']:+.2%}", r.details.get("best_tier_met") or "-",
+              r.details.get("claim") or "none", r.status.value.upper()] for r in rows]
+    plots = [f"![rate-accuracy {key.removeprefix('updates/rate-accuracy/')}]({rel})"
+             for key, rel in ctx.artifacts.items() if key.startswith("updates/rate-accuracy/")]
+    return "\n".join([md_table(["pair", "point", "bytes", "ratio", "top-1", "delta vs target", "tier met",
+                                "claim", "status"], table), ""] + plots)
+
+
+from . import SUMMARIES  # noqa: E402  (the summary registry; added beside the section)
+
+SUMMARIES.register("updates", summary)
