@@ -25,6 +25,9 @@ from typing import Iterable
 
 #: Folders left out of the tree pin (the interpreter's bytecode cache; never read in the sandbox).
 SKIPPED_DIRS = ("__pycache__",)
+#: Top-level files left out by default: the manifest holds the pin, so it cannot be under it (it has its
+#: own hash, ``manifest_sha256``, in the report).
+MANIFEST_NAME = "proposal.toml"
 #: Links followed while resolving one path (Linux's own limit).
 MAX_LINK_HOPS = 40
 TREE_FORMAT = "nnconform-tree-v1"
@@ -53,22 +56,23 @@ class TreeEntry:
         return f"{self.mode} {self.kind} {self.sha256} {self.size} {self.path}\n"
 
 
-def confine(root: str | Path, rel: str, *, where: str = "path") -> Path:
+def confine(root: str | Path, rel: str, *, where: str = "") -> Path:
     """The path ``rel`` names inside ``root``, with every link inside resolved; :class:`PathEscape` otherwise.
 
     Refused: empty and absolute paths (POSIX or Windows style), any ``..`` component, links whose
     target is absolute or climbs above ``root``, and link loops. Only paths inside ``root`` are ever
     looked at (``lstat``/``readlink``); the result may not exist (the caller says "no such file").
     """
+    where = f"{where}: " if where else ""
     if not isinstance(rel, str) or not rel.strip():
-        raise PathEscape(f"{where}: an empty path")
+        raise PathEscape(f"{where}an empty path")
     if "\x00" in rel or "\\" in rel:
-        raise PathEscape(f"{where}: {rel!r} holds a NUL or backslash (use '/' between folders)")
+        raise PathEscape(f"{where}{rel!r} holds a NUL or backslash (use '/' between folders)")
     parts = list(PurePosixPath(rel).parts)
     if PurePosixPath(rel).is_absolute() or re.match(r"^[A-Za-z]:", rel):
-        raise PathEscape(f"{where}: {rel!r} is an absolute path; give a path relative to the proposal folder")
+        raise PathEscape(f"{where}{rel!r} is an absolute path; give a path relative to the proposal folder")
     if ".." in parts:
-        raise PathEscape(f"{where}: {rel!r} climbs out with '..'; every file must be inside the proposal folder")
+        raise PathEscape(f"{where}{rel!r} climbs out with '..'; every file must be inside the proposal folder")
     base = Path(root).resolve()
     resolved: list[str] = []
     hops = 0
@@ -78,17 +82,17 @@ def confine(root: str | Path, rel: str, *, where: str = "path") -> Path:
             continue
         if part == "..":  # only ever from a link's target
             if not resolved:
-                raise PathEscape(f"{where}: {rel!r} leads out of the proposal folder through a symbolic link")
+                raise PathEscape(f"{where}{rel!r} leads out of the proposal folder through a symbolic link")
             resolved.pop()
             continue
         candidate = base.joinpath(*resolved, part)  # inside base: resolved never leaves it
         if candidate.is_symlink():
             hops += 1
             if hops > MAX_LINK_HOPS:
-                raise PathEscape(f"{where}: {rel!r} runs into a symbolic link loop")
+                raise PathEscape(f"{where}{rel!r} runs into a symbolic link loop")
             target = os.readlink(candidate)
             if os.path.isabs(target):
-                raise PathEscape(f"{where}: {rel!r} goes through the symbolic link "
+                raise PathEscape(f"{where}{rel!r} goes through the symbolic link "
                                  f"{'/'.join([*resolved, part])} to an absolute path, out of the proposal folder")
             parts = list(PurePosixPath(target).parts) + parts
             continue
@@ -104,8 +108,8 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def tree_entries(folder: str | Path) -> list[TreeEntry]:
-    """Every file and link of ``folder`` (``__pycache__`` left out), sorted by relative path.
+def tree_entries(folder: str | Path, *, exclude: Iterable[str] = (MANIFEST_NAME,)) -> list[TreeEntry]:
+    """Every file and link of ``folder`` (``__pycache__`` and the top-level ``exclude`` left out), sorted by path.
 
     :class:`TreeError` names a link that leaves the folder or loops, a special file (FIFO, device,
     socket) and a name the listing cannot hold (a newline).
@@ -114,6 +118,7 @@ def tree_entries(folder: str | Path) -> list[TreeEntry]:
     if not root.is_dir() or root.is_symlink():
         raise TreeError(f"{folder}: not a folder (a proposal folder is pinned as a real folder, not a link)")
     entries: list[TreeEntry] = []
+    excluded = set(exclude)
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if d not in SKIPPED_DIRS or (here / d).is_symlink())
@@ -121,12 +126,14 @@ def tree_entries(folder: str | Path) -> list[TreeEntry]:
         for name in names:
             path = here / name
             rel = path.relative_to(root).as_posix()
+            if rel in excluded:
+                continue
             if "\n" in rel or "\r" in rel:
                 raise TreeError(f"{folder}: {rel!r}: file names may not hold line breaks")
             st = path.lstat()
             if stat.S_ISLNK(st.st_mode):
                 try:
-                    confine(root, rel, where=rel)
+                    confine(root, rel)
                 except PathEscape as exc:
                     raise TreeError(f"{folder}: {exc}") from None
                 target = os.readlink(path).encode("utf-8", "surrogateescape")
@@ -148,19 +155,31 @@ def listing_sha256(entries: Iterable[TreeEntry]) -> str:
     return digest.hexdigest()
 
 
-def tree_sha256(folder: str | Path) -> str:
+def tree_sha256(folder: str | Path, *, exclude: Iterable[str] = (MANIFEST_NAME,)) -> str:
     """The pin of a whole proposal folder (see the module docstring for what it covers)."""
-    return listing_sha256(tree_entries(folder))
+    return listing_sha256(tree_entries(folder, exclude=exclude))
 
 
-def copy_tree(src: str | Path, dst: str | Path) -> str:
+def tree_pin_problem(folder: str | Path, pinned: str, *, exclude: Iterable[str] = (MANIFEST_NAME,)) -> str | None:
+    """Why ``folder`` does not match the pin ``pinned`` (a message naming both hashes), or ``None``."""
+    try:
+        actual = tree_sha256(folder, exclude=exclude)
+    except TreeError as exc:
+        return f"the folder cannot be pinned: {exc}"
+    if actual != pinned:
+        return f"the proposal folder hashes to {actual}, the manifest pins {pinned}: not the reviewed files"
+    return None
+
+
+def copy_tree(src: str | Path, dst: str | Path, *, exclude: Iterable[str] = (MANIFEST_NAME,)) -> str:
     """Copy a proposal folder (``__pycache__`` left out, links as links) and return the copy's tree hash.
 
     The sandbox runs the copy, so the code that runs is exactly the code whose hash was checked, even if
     the original changes meanwhile. Refuses (``TreeError``) what :func:`tree_entries` refuses.
     """
     src, dst = Path(src), Path(dst)
-    for entry in tree_entries(src):
+    exclude = tuple(exclude)
+    for entry in tree_entries(src, exclude=exclude):
         out = dst / entry.path
         out.parent.mkdir(parents=True, exist_ok=True)
         if entry.kind == "link":
@@ -169,7 +188,7 @@ def copy_tree(src: str | Path, dst: str | Path) -> str:
             shutil.copyfile(src / entry.path, out, follow_symlinks=False)
             os.chmod(out, 0o755 if entry.mode == "100755" else 0o644)
     dst.mkdir(parents=True, exist_ok=True)
-    return tree_sha256(dst)
+    return tree_sha256(dst, exclude=exclude)
 
 
 def _onnx_tensors(graph) -> Iterable:
@@ -202,7 +221,7 @@ def onnx_external_data_problems(root: str | Path, onnx_rel: str, listed: Iterabl
     """
     import onnx
 
-    path = confine(root, onnx_rel, where=onnx_rel)
+    path = confine(root, onnx_rel)
     model = onnx.load(str(path), load_external_data=False)
     base = Path(root).resolve()
     listed_resolved = set()
@@ -227,3 +246,28 @@ def onnx_external_data_problems(root: str | Path, onnx_rel: str, listed: Iterabl
             problems.append(f"{onnx_rel}: tensor {tensor.name!r} keeps its data in {location!r}, which is not listed "
                             f"in `files` (every byte a decoder reads must be listed, pinned and counted in the size)")
     return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m nnconform.proposal.tree DIR``: print the folder's ``tree_sha256`` (``-v``: every entry)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m nnconform.proposal.tree",
+                                     description="Print the tree_sha256 pin of a proposal folder.")
+    parser.add_argument("folder")
+    parser.add_argument("-v", "--verbose", action="store_true", help="list every pinned entry")
+    args = parser.parse_args(argv)
+    try:
+        entries = tree_entries(args.folder)
+    except TreeError as exc:
+        print(f"error: {exc}")
+        return 1
+    if args.verbose:
+        for entry in entries:
+            print(entry.line(), end="")
+    print(listing_sha256(entries))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
