@@ -239,6 +239,28 @@ def test_update_artifact_checkpoints(tmp_path):
     assert "no checkpoint 'epoch0'" in found["artifacts[1].base"]
 
 
+def test_update_points_and_artifacts_are_parsed_straight_into_the_criterions_points():
+    """``[[updates]]`` entries become ``UpdatePoint``s (the ``"*"`` claim on ``claimed_tier``, the others in
+    ``pair_claims``) and update ``[[artifacts]]`` become ``UpdateArtifact`` points with their claims."""
+    from nnconform import kit
+    from nnconform.updates.plan import UpdateArtifact, UpdatePoint
+
+    p = load_proposal(FIXTURES / "good-update-codec")
+    assert all(isinstance(u, UpdatePoint) for u in p.updates)
+    points = {u.label: u for u in p.updates}
+    assert (points["pc-delta-8"].claimed_tier, dict(points["pc-delta-8"].pair_claims)) == ("99%", {})
+    four = points["pc-delta-4"]
+    assert (four.claimed_tier, dict(four.pair_claims), four.run_tier) == (None, {"latest": "99%"}, "quick")
+    assert four.claim_for("latest") == "99%" and four.claim_for("span") is None
+    assert (four.proposal, four.anchors, dict(four.params)) == (p.name, ("fmnist-lenet5",), {"bits": 4})
+    assert four.make().config == kit.make("update-codec", "fixture-delta-per-channel", {"bits": 4}).config
+    art = load_proposal(FIXTURES / "good-artifacts").update_artifacts[0]
+    assert isinstance(art, UpdateArtifact) and isinstance(art, kit.OperatingPoint)
+    assert (art.claimed_tier, art.claimed_bytes, art.base, art.target, art.label) == \
+        ("99%", 43040, "epoch8", "finetune", "quant8")
+    assert art.id == "fixture-artifacts-fmnist-lenet5-epoch8-finetune-quant8"
+
+
 def test_cli_exit_codes(capsys):
     assert cli(["check", str(FIXTURES / "good-artifacts")]) == 0
     assert cli(["check", str(FIXTURES / "bad-missing-field"), str(FIXTURES / "good-artifacts")]) == 1
