@@ -18,7 +18,8 @@ def _claim(record):
     d = record.details or {}
     if record.check_id.endswith("size_claim"):
         return f"<= {record.expected} bytes"
-    tier = (d.get("config") or {}).get("claimed_tier") or d.get("claim") or (d.get("point") or {}).get("claim")
+    tier = ((d.get("config") or {}).get("claimed_tier") or d.get("claim") or (d.get("point") or {}).get("claimed_tier")
+            or (d.get("point") or {}).get("claim"))
     return tier or ("-" if record.check_id.endswith("accuracy") else record.expected)
 
 

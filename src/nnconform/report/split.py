@@ -2,16 +2,16 @@
 
 Per anchor: the intermediate-data table and a plot of size and head cost along the cuts; per
 coded cut: the rate-accuracy table, its plot, CompressAI-style curve JSON
-(``split/curves/<anchor>/<cut>/<family>.json``) and the BD-rate table; then the split choices
+(``kit.RateCurve`` JSON: ``split/curves/<anchor>_<cut>/<family>.json``) and the BD-rate table; then the split choices
 per scenario and the pairs meeting the 3GPP figure. Everything is read from the run's records.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
 
+from .. import kit
 from . import SECTIONS, ReportContext, md_table
 
 SUBDIR = "split"
@@ -136,13 +136,15 @@ def _rate_accuracy(ctx: ReportContext, recs) -> list[str]:
             d = r.details
             point = d.get("point", {})
             if r.check_id == "split.codec_contract":
-                table.append([point.get("id", r.subject), point.get("family"), "", "", "", "", "", r.status.value.upper(),
+                table.append([point.get("label", r.subject), point.get("family"), "", "", "", "", "", r.status.value.upper(),
                               r.message])
                 continue
-            table.append([d["point"]["id"], d["family"], f"{d['bits_per_sample']:.0f}",
+            table.append([point["label"], d["family"], f"{d['bits_per_sample']:.0f}",
                           _pct(d["bits_per_sample"] / d["raw_bits"]), f"{d['top1']:.4f}", f"{d['agreement']:.4f}",
-                          d.get("best_tier") or "none", r.status.value.upper(), d["point"].get("claim") or ""])
-            curves[d["family"]].append((d["bits_per_sample"], d["top1"], d["agreement"], d["point"]["id"]))
+                          d.get("best_tier") or "none", r.status.value.upper(), point.get("claimed_tier") or ""])
+            curves[d["family"]].append({"bits_per_sample": d["bits_per_sample"], "top1": d["top1"],
+                                        "agreement": d["agreement"], "point": point["label"],
+                                        "proposal": point.get("proposal") or ""})
         smoke = any(r.details.get("smoke") for r in rows)
         ref = next((r.details.get("ref_top1") for r in rows if "ref_top1" in r.details), None)
         out += [f"#### {anchor} / {cut}: rate and accuracy", "",
@@ -150,31 +152,17 @@ def _rate_accuracy(ctx: ReportContext, recs) -> list[str]:
                 + (" (smoke set: accuracy not gated)" if smoke else "") + "." if ref is not None else "", "",
                 md_table(["point", "family", "bits/sample", "of fp32", "top-1", "agreement", "best tier", "status",
                           "claim / error"], table), ""]
-        for fam, pts in curves.items():
-            pts.sort()
-            path = ctx.run_dir / SUBDIR / "curves" / _safe(anchor) / _safe(cut) / f"{_safe(fam)}.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"name": fam, "description": f"{anchor} cut {cut}",
-                                        "results": {"bits_per_sample": [p[0] for p in pts],
-                                                    "top1": [p[1] for p in pts], "agreement": [p[2] for p in pts],
-                                                    "point": [p[3] for p in pts]}}, indent=1))
-            ctx.artifacts[f"split/curves/{anchor}/{cut}/{fam}"] = str(path.relative_to(ctx.run_dir))
-        if curves:
-            plt = _plt()
-            fig, ax = plt.subplots(figsize=(6.4, 4))
-            for fam, pts in sorted(curves.items()):
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=fam)
-            if ref is not None:
-                ax.axhline(ref, color="grey", linestyle=":", label="uncoded")
-            ax.set_xscale("log")
-            ax.set_xlabel("bits per sample")
-            ax.set_ylabel("top-1")
-            ax.set_title(f"{anchor} / {cut}")
-            ax.legend(fontsize=7)
-            fig.tight_layout()
-            path = ctx.run_dir / SUBDIR / f"rate-accuracy-{_safe(anchor)}-{_safe(cut)}.png"
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
+        rate_curves = [kit.RateCurve.from_rows(f"{anchor}/{cut}", fam, pts, ("bits_per_sample", "top1", "agreement",
+                                                                             "point"),
+                                               rate="bits_per_sample", description=f"{anchor} cut {cut}",
+                                               meta={"proposal": pts[0]["proposal"], "reference_top1": ref})
+                       for fam, pts in sorted(curves.items())]
+        for c, path in zip(rate_curves, kit.write_curves(rate_curves, ctx.run_dir / SUBDIR / "curves")):
+            ctx.artifacts[f"split/curves/{anchor}/{cut}/{c.method}"] = str(path.relative_to(ctx.run_dir))
+        if rate_curves:
+            path = kit.plot_curves(rate_curves, ctx.run_dir / SUBDIR / f"rate-accuracy-{_safe(anchor)}-{_safe(cut)}.png",
+                                   x="bits_per_sample", y="top1", xlabel="bits per sample", ylabel="top-1",
+                                   title=f"{anchor} / {cut}", hlines=[(ref, "uncoded")] if ref is not None else ())
             rel = str(path.relative_to(ctx.run_dir))
             ctx.artifacts[f"split/rate-accuracy/{anchor}/{cut}"] = rel
             out += [f"![{anchor} {cut} rate-accuracy]({rel})", ""]
@@ -209,6 +197,18 @@ def _selection(recs) -> list[str]:
         ok = [f"{p['cut']}/{p['codec']}" for p in pairs if p["fits"] and p["keeps_tier"]]
         out += [f"**{r.subject}** ({r.details.get('source', '')}): {len(ok)} of {len(pairs)} coded pairs fit "
                 f"and keep the tier" + (f": {', '.join(ok)}" if ok else "") + ".", ""]
+    return out
+
+
+@SECTIONS.register("split")
+def split_section(ctx: ReportContext) -> str:
+    """Markdown for the split criterion (plots and curve JSON under ``<run>/split/``)."""
+    recs = ctx.records_of("split")
+    lines = ["### Split inference: intermediate data, feature codecs, split selection", ""]
+    lines += _intermediate(ctx, recs)
+    lines += _rate_accuracy(ctx, recs)
+    lines += _selection(recs)
+    return "\n".join(lines)
 
 
 def summary(ctx: ReportContext) -> str:
@@ -244,15 +244,3 @@ def summary(ctx: ReportContext) -> str:
 from . import SUMMARIES  # noqa: E402  (the summary registry; added beside the section)
 
 SUMMARIES.register("split", summary)
-    return out
-
-
-@SECTIONS.register("split")
-def split_section(ctx: ReportContext) -> str:
-    """Markdown for the split criterion (plots and curve JSON under ``<run>/split/``)."""
-    recs = ctx.records_of("split")
-    lines = ["### Split inference: intermediate data, feature codecs, split selection", ""]
-    lines += _intermediate(ctx, recs)
-    lines += _rate_accuracy(ctx, recs)
-    lines += _selection(recs)
-    return "\n".join(lines)
