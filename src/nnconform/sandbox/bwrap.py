@@ -97,6 +97,8 @@ def bwrap_command(*, readonly: dict[Path, Path], writable: dict[Path, Path], hid
         if not path.exists() or not _inside(path, bound):
             continue
         cmd += (["--tmpfs", str(path)] if path.is_dir() else ["--ro-bind", "/dev/null", str(path)])
+    # the root bwrap builds is a tmpfs: read-only too, so the only writable places are the bound folders
+    cmd += ["--remount-ro", "/"]
     for key, value in env.items():
         cmd += ["--setenv", key, value]
     return cmd + ["--chdir", str(chdir), "--", *argv]
