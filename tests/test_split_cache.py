@@ -3,26 +3,40 @@ bit-identical results, recodes when anything in the key changes, and ignores dam
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pathlib import Path
 
 import pytest
 import torch
 
+from nnconform import kit
 from nnconform.split import FEATURE_CODECS, RawCodec, SplitGraph, run_study
 from nnconform.hashing import class_source_sha256
 from nnconform.split.cache import SplitResultCache
-from nnconform.split.manifest import OperatingPoint
 from nnconform.split.runs import torch_threads
 from nnconform.zoo import build_architecture
+from nnconform.split.codecs import FeatureCodec
+from nnconform.split.plan import SplitPoint
 
 FMNIST = (1, 28, 28)
 CALLS = {"encode": 0}
 
 
-class CountingRaw:
+def _point(label, family, codec, **fields):
+    """A split operating point (the kit's points are keyword-only)."""
+    return SplitPoint(label=label, family=family, codec=codec, **fields)
+
+
+class CountingRaw(FeatureCodec):
     """The raw codec, counting encodes (so a test can tell a cache hit from a recode)."""
 
-    def __init__(self):
+    @dataclass(frozen=True)
+    class Config(kit.MethodConfig):
+        """No parameters."""
+
+    def __init__(self, config=None):
+        super().__init__(config)
         self.inner = RawCodec()
 
     def encode(self, tensor):
@@ -53,8 +67,8 @@ def _batches():
 
 
 def _study(graph, cache):
-    points = [OperatingPoint("c", "c", "test-counting-raw", lossless=True),
-              OperatingPoint("uq4", "uq", "uniform", params=(("bits", 4),))]
+    points = [_point("c", "c", "test-counting-raw", lossless=True),
+              _point("uq4", "uq", "uniform", params=(("bits", 4),))]
     return run_study("t", graph, _batches(), coded={"features": points}, cache=cache)
 
 

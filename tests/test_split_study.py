@@ -3,16 +3,25 @@ and bad codecs that each fail their own case with a clear message while the othe
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import itertools
 
 import numpy as np
 import pytest
 import torch
 
+from nnconform import kit
 from nnconform.split import HalfCodec, RawCodec, SplitGraph, profile_cuts, run_study
-from nnconform.split.manifest import OperatingPoint
 from nnconform.split.runs import torch_threads
 from nnconform.zoo import build_architecture
+from nnconform.split.codecs import FeatureCodec
+from nnconform.split.plan import SplitPoint
+
+
+def _point(label, family, codec, **fields):
+    """A split operating point (the kit's points are keyword-only)."""
+    return SplitPoint(label=label, family=family, codec=codec, **fields)
 
 
 @pytest.fixture(autouse=True)
@@ -37,10 +46,15 @@ def batches(n_batches=3, size=16, seed=0):
             for _ in range(n_batches)]
 
 
-class _Raw:
+class _Raw(FeatureCodec):
     """A well-behaved codec that bad codecs below break one rule of."""
 
-    def __init__(self):
+    @dataclass(frozen=True)
+    class Config(kit.MethodConfig):
+        """No parameters."""
+
+    def __init__(self, config=None):
+        super().__init__(config)
         self.inner = RawCodec()
 
     def encode(self, tensor):
@@ -68,8 +82,8 @@ class NaNOutput(_Raw):
 
 
 class NonDeterministic(_Raw):
-    def __init__(self):
-        super().__init__()
+    def __init__(self, config=None):
+        super().__init__(config)
         self.counter = itertools.count()
 
     def encode(self, tensor):
@@ -107,16 +121,16 @@ def bad_codecs():
     for name, (cls, _, _) in BAD.items():
         FEATURE_CODECS.register(f"test-{name}", cls)
     try:
-        yield {name: OperatingPoint(id=name, family=name, codec=f"test-{name}") for name in BAD}
+        yield {name: _point(name, name, f"test-{name}") for name in BAD}
     finally:
         for name in BAD:
             FEATURE_CODECS.unregister(f"test-{name}")
 
 
 def test_each_bad_codec_fails_its_own_case_and_the_others_run(graph, bad_codecs):
-    good = [OperatingPoint("raw", "raw", "raw", lossless=True),
-            OperatingPoint("uq8", "uq", "uniform", params=(("bits", 8),))]
-    lossy_claimed_lossless = OperatingPoint("fp16-lossless", "fp16", "fp16", lossless=True)
+    good = [_point("raw", "raw", "raw", lossless=True),
+            _point("uq8", "uq", "uniform", params=(("bits", 8),))]
+    lossy_claimed_lossless = _point("fp16-lossless", "fp16", "fp16", lossless=True)
     points = good + list(bad_codecs.values()) + [lossy_claimed_lossless]
     study = run_study("t", graph, batches(), coded={"layer2": points})
     for name, (_, kind, message) in BAD.items():
@@ -136,15 +150,15 @@ def test_each_bad_codec_fails_its_own_case_and_the_others_run(graph, bad_codecs)
 
 
 def test_codec_that_cannot_be_built_is_its_own_error(graph):
-    bad = OperatingPoint("uq99", "uq", "uniform", params=(("bits", 99),))
-    study = run_study("t", graph, batches(1), coded={"layer2": [bad, OperatingPoint("raw", "raw", "raw")]})
+    bad = _point("uq99", "uq", "uniform", params=(("bits", 99),))
+    study = run_study("t", graph, batches(1), coded={"layer2": [bad, _point("raw", "raw", "raw")]})
     assert "bits must be an integer in 1..16, got 99" in study.result("layer2", "uq99").error
     assert study.result("layer2", "raw").ok
 
 
 def test_bits_are_lengths_of_real_payloads(graph):
     data = batches(2)
-    study = run_study("t", graph, data, coded={"layer2": [OperatingPoint("fp16", "fp16", "fp16")]})
+    study = run_study("t", graph, data, coded={"layer2": [_point("fp16", "fp16", "fp16")]})
     head = graph.head("layer2")
     with torch.inference_mode():
         expected = [len(HalfCodec().encode(f)) for x, _ in data for f in head(x)]
@@ -157,8 +171,8 @@ def test_bits_are_lengths_of_real_payloads(graph):
 def test_one_forward_pass_per_batch_for_all_cuts_and_codecs(graph):
     calls = []
     hook = graph.model.conv1.register_forward_hook(lambda *a: calls.append(1))
-    points = [OperatingPoint("raw", "raw", "raw"), OperatingPoint("fp16", "fp16", "fp16"),
-              OperatingPoint("uq4", "uq", "uniform", params=(("bits", 4),))]
+    points = [_point("raw", "raw", "raw"), _point("fp16", "fp16", "fp16"),
+              _point("uq4", "uq", "uniform", params=(("bits", 4),))]
     try:
         run_study("t", graph, batches(3), coded={"layer1": points, "layer2": points, "layer3": points},
                   stats_cuts=[c.name for c in graph.single_cuts])
@@ -192,7 +206,7 @@ def test_feature_statistics(graph):
 def test_multi_tensor_cut_cannot_be_coded(graph):
     multi = next(c.name for c in graph.cuts if not c.single)
     with pytest.raises(ValueError, match="hands over 2 tensors"):
-        run_study("t", graph, batches(1), coded={multi: [OperatingPoint("raw", "raw", "raw")]})
+        run_study("t", graph, batches(1), coded={multi: [_point("raw", "raw", "raw")]})
 
 
 class Zeroing(_Raw):
@@ -215,7 +229,7 @@ def test_codec_that_destroys_the_features_fails_the_accuracy_gate(fmnist_test):
     g = SplitGraph.trace(model, anchor.input_shape)
     FEATURE_CODECS.register("test-zeroing", Zeroing)
     try:
-        points = [OperatingPoint("zeroing", "z", "test-zeroing"), OperatingPoint("uq8", "uq", "uniform")]
+        points = [_point("zeroing", "z", "test-zeroing"), _point("uq8", "uq", "uniform")]
         study = run_study("fmnist-lenet5", g, fmnist_test.subset(range(300)).batches(anchor.preprocess, 100),
                           coded={"features": points})
     finally:
