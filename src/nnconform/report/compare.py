@@ -2,10 +2,15 @@
 
 ``python -m nnconform.report.compare RUN_A RUN_B`` (a run folder or its results.json) lists every
 check record that one run has and the other lacks, and every record whose status, measured or
-expected value differs; it exits 1 when any does. Of records whose values are times (latency,
-compression and decode seconds, split selection's end-to-end latencies) only the status is compared:
-times differ between any two runs. This is how a parallel run (``-n auto``) or a run from a warm
-cache is shown to give what a serial, cold run gives.
+expected value differs; it exits 1 when any does, 0 when none does, and 2 (with a message naming
+the path and what is wrong) when a run is missing or is not a readable results.json. Of records whose
+values are times (latency, compression and decode seconds, split selection's end-to-end latencies)
+only the status is compared: times differ between any two runs. This is how a parallel run
+(``-n auto``) or a run from a warm cache is shown to give what a serial, cold run gives.
+
+``--ignore-skipped-in-b`` leaves out only the timing cases a parallel run B skipped for that reason
+(pytest-benchmark does not run under pytest-xdist); a case B skipped for any other reason is a
+difference.
 """
 
 from __future__ import annotations
@@ -20,12 +25,56 @@ from typing import Any
 #: Checks whose measured value is a time (never equal across runs): only their status is compared.
 TIMED_CHECKS = ("compression.latency", "compression.compress", "compression.decode", "split.latency",
                 "split.selection", "anchor.latency")
+#: The skip reason of a timing case under pytest-xdist (the plugin's marker says it): the only skip
+#: ``--ignore-skipped-in-b`` leaves out.
+XDIST_TIMING_SKIP = "pytest-benchmark does not run under pytest-xdist"
+#: What each record and case needs for a comparison (the rest of results.json is not read).
+RECORD_FIELDS = ("check_id", "subject", "status", "measured", "expected", "tolerance")
+CASE_FIELDS = ("nodeid", "outcome")
+
+
+class UnusableRun(ValueError):
+    """A run that cannot be compared: missing, unreadable, not JSON, or not shaped like results.json."""
 
 
 def load_results(path: str | Path) -> dict:
-    """A run's results.json (given the file or its run folder)."""
+    """A run's results.json (given the file or its run folder), checked to hold what a comparison reads.
+
+    Raises :class:`UnusableRun` naming the path, and the field when one is wrong.
+    """
     p = Path(path)
-    return json.loads((p / "results.json" if p.is_dir() else p).read_text())
+    file = p / "results.json" if p.is_dir() else p
+    if not p.exists():
+        raise UnusableRun(f"{p}: no such run folder or results.json")
+    try:
+        run = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UnusableRun(f"{file}: missing (the run folder has no results.json; was the run interrupted?)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UnusableRun(f"{file}: cannot be read ({exc})") from None
+    except ValueError as exc:
+        raise UnusableRun(f"{file}: not valid JSON ({exc})") from None
+    _check_shape(file, run)
+    return run
+
+
+def _check_shape(file: Path, run: Any) -> None:
+    if not isinstance(run, dict):
+        raise UnusableRun(f"{file}: holds a JSON {type(run).__name__}, not a results.json object")
+    for name, fields in (("records", RECORD_FIELDS), ("cases", CASE_FIELDS)):
+        items = run.get(name)
+        if not isinstance(items, list):
+            raise UnusableRun(f"{file}: field {name!r} must be a list, got "
+                              f"{'nothing' if items is None else type(items).__name__}")
+        for i, item in enumerate(items):
+            missing = [f for f in fields if not isinstance(item, dict) or f not in item]
+            if missing:
+                raise UnusableRun(f"{file}: {name}[{i}] lacks {', '.join(missing)}")
+            bad = [f for f in fields[:3] if not isinstance(item[f], str)]
+            if name == "records" and bad:
+                raise UnusableRun(f"{file}: {name}[{i}].{bad[0]} must be a string, got {item[bad[0]]!r}")
+            if name == "cases" and not all(isinstance(item[f], str) for f in fields):
+                raise UnusableRun(f"{file}: {name}[{i}] nodeid and outcome must be strings")
 
 
 def _key(record: dict) -> tuple[str, str, str]:
@@ -40,14 +89,18 @@ def _same(a: Any, b: Any, rel: float) -> bool:
     return a == b
 
 
-def skipped_cases(run: dict) -> set[str]:
-    """Node ids of the cases a run skipped."""
-    return {c["nodeid"] for c in run["cases"] if c["outcome"] == "skipped"}
+def skipped_cases(run: dict, reason: str | None = None) -> set[str]:
+    """Node ids of the cases a run skipped (only those whose skip message contains ``reason``, if given)."""
+    return {c["nodeid"] for c in run["cases"] if c["outcome"] == "skipped"
+            and (reason is None or reason in str(c.get("message") or ""))}
 
 
 def left_out(a: dict, b: dict, ignore_skipped_in_b: bool) -> set[str]:
-    """The cases a comparison leaves out: those B skipped and A ran, when asked to."""
-    return skipped_cases(b) - skipped_cases(a) if ignore_skipped_in_b else set()
+    """The cases a comparison leaves out, when asked to: timing cases B skipped under pytest-xdist and A ran.
+
+    A case B skipped for any other reason (a missing dataset, weights, a failed import) stays in.
+    """
+    return skipped_cases(b, XDIST_TIMING_SKIP) - skipped_cases(a) if ignore_skipped_in_b else set()
 
 
 def compare_results(a: dict, b: dict, *, rel: float = 0.0, ignore_skipped_in_b: bool = False) -> list[str]:
@@ -66,13 +119,23 @@ def compare_results(a: dict, b: dict, *, rel: float = 0.0, ignore_skipped_in_b: 
         for fld in ("status",) if k[0] in TIMED_CHECKS else ("status", "measured", "expected", "tolerance"):
             if not _same(ra[fld], rb[fld], rel):
                 out.append(f"{k[0]} {k[1]}: {fld} {ra[fld]!r} (A) != {rb[fld]!r} (B)")
-    outcomes_a = {c["nodeid"]: c["outcome"] for c in a["cases"]}
-    outcomes_b = {c["nodeid"]: c["outcome"] for c in b["cases"]}
-    for nodeid in sorted((outcomes_a.keys() | outcomes_b.keys()) - drop):
-        oa, ob = outcomes_a.get(nodeid, "absent"), outcomes_b.get(nodeid, "absent")
-        if oa != ob:
-            out.append(f"case {nodeid}: {oa} (A) != {ob} (B)")
+    cases_a = {c["nodeid"]: c for c in a["cases"]}
+    cases_b = {c["nodeid"]: c for c in b["cases"]}
+    for nodeid in sorted((cases_a.keys() | cases_b.keys()) - drop):
+        ca, cb = cases_a.get(nodeid), cases_b.get(nodeid)
+        if (ca or {}).get("outcome") != (cb or {}).get("outcome"):
+            out.append(f"case {nodeid}: {_outcome(ca)} (A) != {_outcome(cb)} (B)")
     return out
+
+
+def _outcome(case: dict | None) -> str:
+    """A case's outcome as a difference line shows it (a skip with its reason)."""
+    if case is None:
+        return "absent"
+    message = str(case.get("message") or "").strip()
+    if case["outcome"] == "skipped" and message:
+        return f"skipped ({message.splitlines()[-1][:200]})"
+    return case["outcome"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,14 +144,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_b")
     parser.add_argument("--rel", type=float, default=0.0, help="relative tolerance on float values (default: exact)")
     parser.add_argument("--ignore-skipped-in-b", action="store_true",
-                        help="leave out the cases RUN_B skipped and RUN_A ran, with their records (a parallel run "
-                             "RUN_B skips the timing cases)")
+                        help="leave out the timing cases RUN_B skipped under pytest-xdist and RUN_A ran, with their "
+                             "records; cases RUN_B skipped for any other reason are still differences")
     args = parser.parse_args(argv)
-    a, b = load_results(args.run_a), load_results(args.run_b)
+    try:
+        a, b = load_results(args.run_a), load_results(args.run_b)
+    except UnusableRun as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     diffs = compare_results(a, b, rel=args.rel, ignore_skipped_in_b=args.ignore_skipped_in_b)
     drop = left_out(a, b, args.ignore_skipped_in_b)
     if args.ignore_skipped_in_b:
-        print(f"left out: {len(drop)} cases skipped in B only")
+        print(f"left out: {len(drop)} timing cases skipped in B only (pytest-xdist)")
     compared = [r for r in a["records"] if r.get("nodeid") not in drop]
     timed = len([r for r in compared if r["check_id"] in TIMED_CHECKS])
     for d in diffs:
