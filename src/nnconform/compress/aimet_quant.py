@@ -1,14 +1,25 @@
 """AIMET post-training quantization: the AIMET model zoo recipe.
 
-``prepare_model`` -> batch-norm folding -> cross-layer equalization -> ``QuantizationSimModel``
-(``post_training_tf_enhanced``) with encodings computed on the calibration set; for W4A8 the
-4-bit weights are rounded by AdaRound first (``Adaround.apply_adaround``, then
-``set_and_freeze_param_encodings``). Export is AIMET's own: ``aimet_torch.onnx.export`` with
-``prequantize_constants=True`` writes one ONNX graph whose weights are stored as int8 (int4 for
-W4, opset 21) followed by ``DequantizeLinear``, and activations carry ``QuantizeLinear`` /
-``DequantizeLinear`` pairs: the encodings are in the graph. ``sim.onnx.export`` also writes
-AIMET's JSON encodings file; it is part of the artifact (and of its size) so a QNN-style toolchain
-gets exactly what AIMET produced. Decoding runs the ONNX graph with onnxruntime.
+``prepare_model`` -> cross-layer equalization as AIMET documents it (BatchNorm fold, then
+cross-layer scaling, then high-bias fold: ``fold_all_batch_norms`` hands its folded pairs to
+``equalize_bn_folded_model``, the two halves of ``equalize_model``) -> ``QuantizationSimModel``
+(``post_training_tf_enhanced``) with encodings computed on the calibration set. For low-bit weights
+AdaRound rounds them first (``Adaround.apply_adaround`` with AIMET's defaults: 15,000 iterations per
+layer below 8-bit weights, 10,000 otherwise, on ~2,000 images; a point that asks for fewer is
+labelled *reduced*), and its encodings are loaded with the current API
+(``QuantizationSimModel.load_encodings(..., requires_grad=False, allow_overwrite=False)``, which
+replaces the deprecated ``set_and_freeze_param_encodings``).
+
+What CLE did is recorded (pairs scaled, BN pairs handed to high-bias fold, bias channels folded);
+AIMET's warning that conv-ReLU6-conv pairs are not scaled (since aimet-torch 2.4) is kept in the
+metadata, not silenced, so the report can say where CLE is inert.
+
+Export is AIMET's own: ``aimet_torch.onnx.export`` with ``prequantize_constants=True`` writes one
+ONNX graph whose weights are stored as int8 (int4 for W4, opset 21) followed by
+``DequantizeLinear``, and activations carry ``QuantizeLinear`` / ``DequantizeLinear`` pairs: the
+encodings are in the graph. AIMET's JSON encodings file repeats them; it is exported, checked
+against the graph and reported as a separate size (``encodings_bytes``), but not shipped nor
+counted unless ``include_encodings`` asks for it. Decoding runs the ONNX graph with onnxruntime.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ import contextlib
 import copy
 import io
 import json
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -35,7 +47,7 @@ def _import_aimet_quant():
         import aimet_torch.onnx as aimet_onnx
         from aimet_torch.common.defs import QuantScheme
         from aimet_torch.batch_norm_fold import fold_all_batch_norms
-        from aimet_torch.cross_layer_equalization import equalize_model
+        from aimet_torch.cross_layer_equalization import equalize_bn_folded_model
         from aimet_torch.model_preparer import prepare_model
         from aimet_torch.quantsim import QuantizationSimModel
         from aimet_torch.adaround.adaround_weight import Adaround, AdaroundParameters
@@ -43,9 +55,16 @@ def _import_aimet_quant():
         raise CompressorUnavailable(f"AIMET quantization needs aimet-torch==2.42.0 ({exc}); "
                                     f"`pip install aimet-torch==2.42.0`") from None
     quiet_aimet()
-    return dict(onnx=aimet_onnx, QuantScheme=QuantScheme, fold=fold_all_batch_norms, cle=equalize_model,
-                prepare=prepare_model, QuantSim=QuantizationSimModel, Adaround=Adaround,
-                AdaroundParameters=AdaroundParameters)
+    return dict(onnx=aimet_onnx, QuantScheme=QuantScheme, fold=fold_all_batch_norms,
+                cle_folded=equalize_bn_folded_model, prepare=prepare_model, QuantSim=QuantizationSimModel,
+                Adaround=Adaround, AdaroundParameters=AdaroundParameters)
+
+
+#: AIMET's AdaRound defaults (``AdaroundParameters`` docstring and ``_adaround_model``): iterations per
+#: layer below 8-bit weights and at 8 bits or more, and the number of images to optimize on.
+ADAROUND_ITERATIONS_LOW_BIT = 15_000
+ADAROUND_ITERATIONS_8BIT = 10_000
+ADAROUND_RECOMMENDED_SAMPLES = 2_000
 
 
 @contextlib.contextmanager
@@ -55,28 +74,91 @@ def _quiet():
         yield
 
 
-class _Folded(nn.Module):
-    """Marker for params/MAC counting of the prepared, BN-folded float model."""
+@contextlib.contextmanager
+def cle_effect():
+    """Record what AIMET's cross-layer equalization did, by wrapping (not replacing) its two steps.
+
+    Yields a dict filled while ``equalize_bn_folded_model`` runs: ``scaled_sets`` and ``scaled_pairs``
+    (what ``CrossLayerScaling.scale_model`` returned), ``hbf_bn_pairs`` (the folded conv/BN pairs handed to
+    ``HighBiasFold.bias_fold``; 0 means high-bias fold exits at once), ``hbf_eligible_pairs`` (scaled pairs
+    whose first layer had a BN and both layers a bias: AIMET's own condition), ``hbf_channels_folded``
+    (bias channels high-bias fold changed) and ``relu6_warning`` (AIMET's warning that conv-ReLU6-conv pairs
+    are not scaled, or None).
+    """
+    from aimet_torch import cross_layer_equalization as cle
+
+    effect = {"scaled_sets": 0, "scaled_pairs": 0, "hbf_bn_pairs": 0, "hbf_eligible_pairs": 0,
+              "hbf_channels_folded": 0, "relu6_warning": None}
+    # the original descriptors (a staticmethod and a classmethod in aimet-torch 2.42), put back afterwards
+    scale_model = cle.CrossLayerScaling.__dict__["scale_model"]
+    bias_fold = cle.HighBiasFold.__dict__["bias_fold"]
+
+    def scale_spy(*args, **kwargs):
+        sets = scale_model.__func__(*args, **kwargs)
+        effect["scaled_sets"] = len(sets)
+        effect["scaled_pairs"] = sum(len(s.cls_pair_info_list) for s in sets)
+        return sets
+
+    def bias_fold_spy(cls_set_info_list, bn_layers):
+        pairs = [p for s in cls_set_info_list for p in s.cls_pair_info_list]
+        eligible = [p for p in pairs if p.layer1.bias is not None and p.layer2.bias is not None
+                    and p.layer1 in (bn_layers or {})]
+        before = [p.layer1.bias.detach().clone() for p in eligible]
+        result = bias_fold.__func__(cle.HighBiasFold, cls_set_info_list, bn_layers)
+        effect["hbf_bn_pairs"] = len(bn_layers or {})
+        effect["hbf_eligible_pairs"] = len(eligible)
+        effect["hbf_channels_folded"] = sum(int((p.layer1.bias.detach() != b).sum()) for p, b in zip(eligible, before))
+        return result
+
+    cle.CrossLayerScaling.scale_model = staticmethod(scale_spy)
+    cle.HighBiasFold.bias_fold = staticmethod(bias_fold_spy)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield effect
+        relu6 = [str(w.message) for w in caught if "relu6" in str(w.message).lower()]
+        effect["relu6_warning"] = relu6[0] if relu6 else None
+    finally:
+        cle.CrossLayerScaling.scale_model = scale_model
+        cle.HighBiasFold.bias_fold = bias_fold
+
+
+def describe_cle(effect: dict | None) -> str:
+    """One sentence on what CLE did (``inert`` when it scaled nothing), for the report."""
+    if not effect:
+        return "CLE off"
+    text = (f"CLE scaled {effect['scaled_pairs']} layer pairs in {effect['scaled_sets']} sets; high-bias fold got "
+            f"{effect['hbf_bn_pairs']} BN pairs, {effect['hbf_eligible_pairs']} eligible pairs, "
+            f"{effect['hbf_channels_folded']} bias channels folded")
+    if effect["scaled_pairs"] == 0:
+        why = (" (conv-ReLU6-conv pairs are not scaled since aimet-torch 2.4)" if effect.get("relu6_warning")
+               else "")
+        return f"CLE inert{why}: {text}"
+    return text
 
 
 @register_method("compressor", "aimet-quant")
 class AimetQuantCompressor(Compressor):
-    """AIMET QuantSim PTQ (BN fold + CLE + tf_enhanced, optional AdaRound), exported as QDQ ONNX."""
+    """AIMET QuantSim PTQ (BN fold + CLE with high-bias fold + tf_enhanced, optional AdaRound), as QDQ ONNX."""
 
     #: The ONNX graph stores int32 biases where QuantSim keeps float ones, and onnxruntime rounds its
     #: requantizations its own way: logits differ by a few output quantization steps (0.5% of the logit
     #: range on LeNet-5, 3% on EfficientNet-Lite0). A wrong artifact differs by ~100%.
     decode_tolerance = 0.05
-    description = ("AIMET prepare_model, BN folding, CLE, QuantSim post_training_tf_enhanced "
-                   "(AdaRound for low-bit weights); exported as QDQ ONNX with int weights + JSON encodings")
+    description = ("AIMET prepare_model, CLE (BN fold, cross-layer scaling, high-bias fold), QuantSim "
+                   "post_training_tf_enhanced (AdaRound for low-bit weights); exported as QDQ ONNX with int "
+                   "weights (AIMET's JSON encodings reported apart, not counted)")
 
     @dataclass(frozen=True)
     class Config(CompressorConfig):
-        """QuantSim W{param_bw}A{output_bw}; AdaRound when ``adaround_iterations`` > 0.
+        """QuantSim W{param_bw}A{output_bw}; AdaRound when ``adaround`` is set.
 
-        ``calibration_samples``: images for ``compute_encodings`` (and AdaRound);
-        ``cle``: cross-layer equalization after BN folding; ``include_encodings``: ship AIMET's JSON
-        encodings in the artifact beside the QDQ ONNX graph.
+        ``calibration_samples``: images for ``compute_encodings``; ``cle``: cross-layer equalization
+        (BN fold, cross-layer scaling, high-bias fold); ``adaround_iterations``: iterations per layer,
+        0 for AIMET's default (15,000 below 8-bit weights, 10,000 otherwise); ``adaround_samples``:
+        images AdaRound optimizes on (AIMET recommends about 2,000); fewer of either is a *reduced*
+        AdaRound, said so in the metadata and the report. ``include_encodings``: also ship AIMET's JSON
+        encodings (they repeat what the QDQ graph holds) and count their bytes.
         """
 
         param_bw: int = 8
@@ -85,9 +167,11 @@ class AimetQuantCompressor(Compressor):
         calibration_samples: int = 512
         batch_size: int = 64
         cle: bool = True
+        adaround: bool = False
         adaround_iterations: int = 0
+        adaround_samples: int = ADAROUND_RECOMMENDED_SAMPLES
         adaround_reg_param: float = 0.01
-        include_encodings: bool = True
+        include_encodings: bool = False
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -98,6 +182,18 @@ class AimetQuantCompressor(Compressor):
             self._check_range("calibration_samples", 1, 1_000_000)
             self._check_range("batch_size", 1, 4096)
             self._check_range("adaround_iterations", 0, 100_000)
+            self._check_range("adaround_samples", 1, 1_000_000)
+
+        def adaround_recipe(self, available_samples: int) -> dict:
+            """Iterations, images and batches AdaRound runs with, and whether that is AIMET's recipe or reduced."""
+            default_iters = ADAROUND_ITERATIONS_LOW_BIT if self.param_bw < 8 else ADAROUND_ITERATIONS_8BIT
+            iterations = self.adaround_iterations or default_iters
+            samples = min(self.adaround_samples, available_samples)
+            # AIMET: num_batches = min(len(loader), ceil(2000 / batch_size))
+            batches = math.ceil(samples / self.batch_size)
+            reduced = iterations < default_iters or samples < ADAROUND_RECOMMENDED_SAMPLES
+            return {"iterations": iterations, "aimet_default_iterations": default_iters, "samples": samples,
+                    "batches": batches, "recipe": "reduced" if reduced else "aimet-default"}
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressedModel:
         """The AIMET model-zoo PTQ recipe on the calibration set, exported by AIMET as QDQ ONNX."""
@@ -108,12 +204,16 @@ class AimetQuantCompressor(Compressor):
         dummy = ctx.dummy_input(1)
         x_cal, _ = ctx.calibration.take(config.calibration_samples)
         scheme = getattr(api["QuantScheme"], config.quant_scheme)
+        cle = None
+        ada = config.adaround_recipe(len(ctx.calibration)) if config.adaround else None
         with aimet_workdir(ctx.workdir / "aimet-quant") as folder, _quiet():
             try:
                 prepared = api["prepare"](copy.deepcopy(model).eval())
+                # AIMET's order: BN fold, then cross-layer scaling, then high-bias fold with the folded pairs
                 folded_pairs = api["fold"](prepared, input_shapes=(1, *ctx.input_shape), dummy_input=dummy)
                 if config.cle:
-                    api["cle"](prepared, dummy_input=dummy)
+                    with cle_effect() as cle:
+                        api["cle_folded"](prepared, None, folded_pairs, dummy_input=dummy)
                 prepared.eval()
                 macs = count_macs(prepared, ctx.input_shape)
 
@@ -123,10 +223,11 @@ class AimetQuantCompressor(Compressor):
                             sim_model(x_cal[start:start + config.batch_size])
 
                 adaround = None
-                if config.adaround_iterations > 0:
-                    loader = ctx.calibration.loader(config.batch_size, config.calibration_samples, with_labels=False)
-                    ada_params = api["AdaroundParameters"](loader, num_batches=len(loader),
-                                                           default_num_iterations=config.adaround_iterations,
+                if ada is not None:
+                    loader = ctx.calibration.loader(config.batch_size, ada["samples"], with_labels=False)
+                    # iterations 0 -> None: AIMET picks its own default for the weights' bit width
+                    ada_params = api["AdaroundParameters"](loader, num_batches=ada["batches"],
+                                                           default_num_iterations=config.adaround_iterations or None,
                                                            default_reg_param=config.adaround_reg_param,
                                                            forward_fn=lambda m, batch: m(batch[0]))
                     torch.manual_seed(ctx.seed)
@@ -134,11 +235,15 @@ class AimetQuantCompressor(Compressor):
                                                               filename_prefix="adaround",
                                                               default_param_bw=config.param_bw,
                                                               default_quant_scheme=scheme)
-                    adaround = str(folder / "adaround.encodings")
+                    adaround = folder / "adaround.encodings"
                 sim = api["QuantSim"](prepared, dummy_input=dummy, quant_scheme=scheme,
                                       default_param_bw=config.param_bw, default_output_bw=config.output_bw)
                 if adaround is not None:
-                    sim.set_and_freeze_param_encodings(adaround)
+                    # the current API for AdaRound's parameter encodings: loaded, frozen, kept by compute_encodings
+                    encodings = json.loads(adaround.read_text())
+                    encodings.pop("activation_encodings", None)
+                    sim.load_encodings(encodings, strict=True, partial=True, requires_grad=False,
+                                       allow_overwrite=False)
                 sim.compute_encodings(calibrate)
                 opset = 21 if config.param_bw == 4 or config.output_bw == 16 else 13
                 export_kw = dict(input_names=["input"], output_names=["logits"],
@@ -147,12 +252,15 @@ class AimetQuantCompressor(Compressor):
                 qdq_path = folder / "model.onnx"
                 api["onnx"].export(sim.model, (dummy,), str(qdq_path), prequantize_constants=True, **export_kw)
                 files = {"model.onnx": qdq_path.read_bytes()}
+                # AIMET's JSON encodings: exported to show the graph holds them, sized, shipped only on request
+                enc_dir = folder / "encodings"
+                enc_dir.mkdir()
+                sim.onnx.export((dummy,), str(enc_dir / "model.onnx"), **export_kw)
+                encodings_json = (enc_dir / "model.encodings").read_bytes()
+                checked = check_encodings_match(files["model.onnx"], encodings_json, config.param_bw)
                 if config.include_encodings:
-                    enc_dir = folder / "encodings"
-                    enc_dir.mkdir()
-                    sim.onnx.export((dummy,), str(enc_dir / "model.onnx"), **export_kw)
-                    files["model.encodings"] = (enc_dir / "model.encodings").read_bytes()
-            except (CompressionError, CompressorUnavailable):
+                    files["model.encodings"] = encodings_json
+            except (CompressionError, CompressorUnavailable, ArtifactError):
                 raise
             except Exception as exc:
                 raise CompressionError(f"AIMET quantization W{config.param_bw}A{config.output_bw} failed: "
@@ -161,13 +269,16 @@ class AimetQuantCompressor(Compressor):
         params = onnx_parameter_count(files["model.onnx"])
         sim_model = sim.model.eval()
         return CompressedModel(sim_model, artifact, artifact.nbytes, params=params, macs=macs, metadata={
-            "opset": opset, "folded_batch_norms": len(folded_pairs or []), "cle": config.cle,
-            "adaround_iterations": config.adaround_iterations, "calibration_samples": len(x_cal),
-            "file_bytes": artifact.sizes(),
+            "opset": opset, "folded_batch_norms": len(folded_pairs or []), "cle": cle,
+            "cle_summary": describe_cle(cle) if config.cle else "CLE off", "adaround": ada,
+            "calibration_samples": len(x_cal), "file_bytes": artifact.sizes(),
+            "encodings_bytes": len(encodings_json), "encodings_counted": config.include_encodings,
+            "encodings_share": len(encodings_json) / (len(files["model.onnx"]) + len(encodings_json)),
+            "encodings_weights_checked": checked,
             "params_are": "weights and biases stored in model.onnx", "macs_are": "MACs of the BN-folded graph"})
 
     def decode(self, artifact, template, ctx) -> nn.Module:
-        """The QDQ ONNX graph run by onnxruntime (AIMET's encodings checked against it)."""
+        """The QDQ ONNX graph run by onnxruntime (AIMET's encodings, when shipped, checked against it)."""
         config = self.config
         data = artifact.file("model.onnx")
         check_onnx(data, "model.onnx")
