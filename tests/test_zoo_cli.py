@@ -76,21 +76,26 @@ def _fake_rebuild(committed: dict, shift: float, touched: str):
     return build
 
 
-@pytest.mark.parametrize("shift, status", [(0.002, 0), (0.0081, 1)])
-def test_compare_prints_every_checkpoint_and_fails_outside_the_band(monkeypatch, tmp_path, capsys, shift, status):
+@pytest.mark.parametrize("checkpoint, shift, status", [
+    ("epoch8", 0.002, 0), ("epoch8", -0.0081, 1),  # the anchor's weights: the final band
+    ("finetune", 0.0081, 1),
+    ("epoch3", 0.012, 0), ("epoch3", 0.0251, 1),  # mid-schedule: the intermediate band
+])
+def test_compare_prints_every_checkpoint_and_fails_outside_the_band(monkeypatch, tmp_path, capsys, checkpoint,
+                                                                     shift, status):
     committed = read_toml(anchors_dir() / "zoo.toml")["anchors"]
-    monkeypatch.setattr(cli, "_build", _fake_rebuild(committed, shift, "epoch8"))
+    monkeypatch.setattr(cli, "_build", _fake_rebuild(committed, shift, checkpoint))
     assert cli.main(["compare", "--into", str(tmp_path), "--only", "fmnist-lenet5"]) == status
     out = capsys.readouterr().out
     n = len(committed["fmnist-lenet5"]["checkpoints"])
     assert f"{n - 1} of {n} checkpoints bit-identical" in out
-    epoch8 = next(line for line in out.splitlines() if line.split()[1:2] == ["epoch8"])
-    assert "differs" in epoch8 and f"{100 * shift:+.2f}" in epoch8
-    assert ("OUTSIDE BAND" in epoch8) == (status == 1)
+    row = next(line for line in out.splitlines() if line.split()[1:2] == [checkpoint])
+    assert "differs" in row and f"{100 * shift:+.2f}" in row
+    assert ("OUTSIDE BAND" in row) == (status == 1)
 
 
 def test_compare_names_a_missing_rebuilt_checkpoint():
-    committed = {"a": {"checkpoints": [{"name": "epoch1", "sha256": "1" * 64, "top1": 0.8}]}}
+    committed = {"a": {"weights": "x", "checkpoints": [{"name": "epoch1", "sha256": "1" * 64, "top1": 0.8}]}}
     (row,) = cli.compare_manifests(committed, {"a": {"checkpoints": []}}, ["a"])
     assert row["rebuilt_top1"] is None and not row["same_sha256"] and not row["inside_band"]
     assert "missing" in cli.format_rows([row]) and "OUTSIDE BAND" in cli.format_rows([row])

@@ -184,7 +184,19 @@ def _toml_value(v) -> str:
 
 def write_manifest(entries: dict[str, dict], path: Path) -> None:
     """Write the zoo manifest (a plain TOML writer: the standard library only reads TOML)."""
-    lines = ["# The embedded Fashion-MNIST zoo. Written by `python -m nnconform.zoo build`: do not edit by hand.", ""]
+    from .cli import TOP1_BAND_FINAL, TOP1_BAND_INTERMEDIATE
+
+    lines = [
+        "# The embedded Fashion-MNIST zoo. Written by `python -m nnconform.zoo build`: do not edit by hand.",
+        "# Reproducible to a band, not to the bit, across machines: a rebuild on the machine (CPU instruction",
+        "# set) that built these files gives the same bytes; on another x86-64 machine torch's kernels sum in",
+        "# another order, so the bytes differ and each checkpoint's test top-1 stays within "
+        f"+/-{100 * TOP1_BAND_FINAL:.1f} percentage",
+        "# points of `top1` below for the final checkpoints (the `weights` epoch and `finetune`) and "
+        f"+/-{100 * TOP1_BAND_INTERMEDIATE:.1f} pp",
+        "# for intermediate epochs. Check a rebuild: `python -m nnconform.zoo compare --into DIR`.",
+        "",
+    ]
     for name, entry in entries.items():
         lines.append(f"[anchors.{name}]")
         for k, v in entry.items():

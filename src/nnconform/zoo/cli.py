@@ -5,7 +5,8 @@
 * ``compare --into DIR [--only NAME ...]`` trains into an empty ``DIR`` and prints, per
   checkpoint, whether its sha256 equals the committed one and the top-1 difference. The recipe is
   bit-reproducible on one machine only (see ``anchors/zoo.toml``); across x86-64 machines the
-  stated band is :data:`TOP1_BAND`, and the exit status says whether the rebuild stayed inside it.
+  stated bands are :data:`TOP1_BAND_FINAL` and :data:`TOP1_BAND_INTERMEDIATE`, and the exit status
+  says whether the rebuild stayed inside them.
 
 Exit status: 0 done (compare: every checkpoint inside the band), 1 compare found a checkpoint
 outside the band, 2 refused (bad names, files in the way, nothing to compare with).
@@ -19,9 +20,12 @@ from pathlib import Path
 
 from ..paths import anchors_dir, read_toml
 
-#: Across x86-64 machines a rebuilt checkpoint's test top-1 stays within this of the committed one
-#: (absolute, as a fraction: 0.005 = 0.5 percentage points). See README "The embedded zoo".
-TOP1_BAND = 0.005
+#: Across x86-64 machines a rebuilt checkpoint's test top-1 stays within these of the committed one
+#: (absolute, as fractions: 0.005 = 0.5 percentage points): the final checkpoints (the anchor's
+#: weights and the fine-tuned update) closely; the intermediate epochs, taken mid-schedule at a high
+#: learning rate, more loosely. Measured figures: README "The embedded zoo: reproducible to a band".
+TOP1_BAND_FINAL = 0.005
+TOP1_BAND_INTERMEDIATE = 0.02
 
 
 class Refused(Exception):
@@ -78,15 +82,22 @@ def _build(root: Path, names: list[str]) -> None:
             update_manifest(recipe.anchor, build_anchor(recipe, root / "zoo"), root / "zoo.toml")
 
 
-def compare_manifests(committed: dict, rebuilt: dict, names: list[str], band: float = TOP1_BAND) -> list[dict]:
-    """One row per committed checkpoint of ``names``: sha256 equal, top-1 both ways, inside the band."""
+def band_for(entry: dict, checkpoint: dict) -> float:
+    """The top-1 band of one checkpoint: final (the anchor's weights, the fine-tuned update) or not."""
+    final = checkpoint.get("path") == entry.get("weights") or checkpoint["name"] == "finetune"
+    return TOP1_BAND_FINAL if final else TOP1_BAND_INTERMEDIATE
+
+
+def compare_manifests(committed: dict, rebuilt: dict, names: list[str]) -> list[dict]:
+    """One row per committed checkpoint of ``names``: sha256 equal, top-1 both ways, inside its band."""
     rows = []
     for name in names:
         mine = {c["name"]: c for c in rebuilt.get(name, {}).get("checkpoints", [])}
         for ck in committed[name]["checkpoints"]:
             other = mine.get(ck["name"])
+            band = band_for(committed[name], ck)
             row = {"anchor": name, "checkpoint": ck["name"], "committed_top1": ck["top1"],
-                   "rebuilt_top1": other["top1"] if other else None,
+                   "rebuilt_top1": other["top1"] if other else None, "band": band,
                    "same_sha256": bool(other) and other["sha256"] == ck["sha256"]}
             row["top1_diff"] = None if other is None else round(other["top1"] - ck["top1"], 6)
             row["inside_band"] = row["top1_diff"] is not None and abs(row["top1_diff"]) <= band + 1e-9
@@ -96,13 +107,14 @@ def compare_manifests(committed: dict, rebuilt: dict, names: list[str], band: fl
 
 def format_rows(rows: list[dict]) -> str:
     """A plain table for the terminal."""
-    lines = [f"{'anchor':<20} {'checkpoint':<10} {'sha256':<9} {'committed':>9} {'rebuilt':>9} {'diff (pp)':>9}"]
+    lines = [f"{'anchor':<20} {'checkpoint':<10} {'sha256':<9} {'committed':>9} {'rebuilt':>9} {'diff (pp)':>9} "
+             f"{'band':>6}"]
     for r in rows:
         rebuilt = "missing" if r["rebuilt_top1"] is None else f"{100 * r['rebuilt_top1']:.2f}"
         diff = "" if r["top1_diff"] is None else f"{100 * r['top1_diff']:+.2f}"
         flag = "" if r["inside_band"] else "  OUTSIDE BAND"
         lines.append(f"{r['anchor']:<20} {r['checkpoint']:<10} {'equal' if r['same_sha256'] else 'differs':<9} "
-                     f"{100 * r['committed_top1']:>9.2f} {rebuilt:>9} {diff:>9}{flag}")
+                     f"{100 * r['committed_top1']:>9.2f} {rebuilt:>9} {diff:>9} {100 * r['band']:>5.1f}{flag}")
     return "\n".join(lines)
 
 
@@ -120,8 +132,8 @@ def _compare(into: Path, names: list[str], force: bool) -> int:
     print(format_rows(rows))
     same = sum(r["same_sha256"] for r in rows)
     outside = [r for r in rows if not r["inside_band"]]
-    print(f"{same} of {len(rows)} checkpoints bit-identical; {len(outside)} outside the top-1 band of "
-          f"+/-{100 * TOP1_BAND:.1f} pp")
+    print(f"{same} of {len(rows)} checkpoints bit-identical; {len(outside)} outside their top-1 band "
+          f"(+/-{100 * TOP1_BAND_FINAL:.1f} pp final, +/-{100 * TOP1_BAND_INTERMEDIATE:.1f} pp intermediate epochs)")
     return 1 if outside else 0
 
 
