@@ -38,6 +38,8 @@ pip_q --no-deps --no-build-isolation -e .
 FMNIST=/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 APT_PKGS=()
 [ -f "$FMNIST" ] || APT_PKGS+=(dataset-fashion-mnist)
+# bubblewrap: the OS sandbox proposal code runs in (nnconform.sandbox; without it, a plain subprocess)
+command -v bwrap >/dev/null || APT_PKGS+=(bubblewrap)
 if ! command -v chromium >/dev/null || ! { command -v chromedriver >/dev/null || [ -x /usr/bin/chromedriver ]; }; then
   APT_PKGS+=(chromium chromium-driver)
 fi

@@ -54,7 +54,10 @@ class SandboxError(RuntimeError):
 
 @dataclass(frozen=True)
 class SandboxResult:
-    """What came back: ``outputs`` maps names to tensor dicts, bytes or plain values."""
+    """What came back: ``outputs`` maps names to tensor dicts, bytes or plain values.
+
+    ``peak_rss_bytes`` is what ``wait4`` reports for the started process; under bubblewrap the
+    sandbox's own init reaps the worker, so it undercounts there (CPU times likewise)."""
 
     outputs: dict[str, Any]
     isolation: str
