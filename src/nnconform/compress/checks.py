@@ -213,3 +213,43 @@ def latency_record(subject: str, benchmark, out, batch: int) -> CheckRecord:
                        else "the timed model did not return finite logits for the batch",
                        details={"batch": batch, "median": getattr(stats, "median", None),
                                 "stddev": getattr(stats, "stddev", None), "rounds": getattr(stats, "rounds", None)})
+
+
+#: How far above its target a cost ratio may land: AIMET's greedy search picks each layer's ratio from
+#: ``num_candidates`` steps (0.1 apart by default), so the model ratio lands on a grid; half a step.
+TARGET_TOLERANCE = 0.05
+
+
+def cost_target(config) -> tuple[str, float] | None:
+    """``(cost metric, target ratio)`` of a config that targets a cost (AIMET compression: ``target_ratio`` with
+    ``cost_metric`` "mac" or "memory"); None for a method that targets nothing."""
+    target = getattr(config, "target_ratio", None)
+    if target is None:
+        return None
+    return getattr(config, "cost_metric", "mac"), float(target)
+
+
+@kit.check("compression.target_reached", "a point that targets a cost ratio reaches it: the decoded model's MACs "
+           "(or parameters, for a memory target) over the anchor's are at most the target plus "
+           f"{TARGET_TOLERANCE}; a point that misses fails, it is never relabelled", "lower")
+def check_target_reached(subject: str, config, metrics: CompressionMetrics,
+                         tolerance: float = TARGET_TOLERANCE) -> CheckRecord | None:
+    """PASS when the achieved cost ratio is within ``tolerance`` above the config's target, FAIL otherwise (the
+    message gives target and achieved ratio); None when the config targets no cost."""
+    target = cost_target(config)
+    if target is None:
+        return None
+    metric, ratio = target
+    measured, reference = (metrics.macs, metrics.macs_ref) if metric == "mac" else (metrics.params, metrics.params_ref)
+    achieved = measured / reference if reference else float("nan")
+    ok = math.isfinite(achieved) and achieved <= ratio + tolerance
+    what = "MACs" if metric == "mac" else "parameters"
+    return gate("compression.target_reached", subject, ok, measured=round(achieved, 4), expected=ratio,
+                tolerance=tolerance, criterion=CRITERION,
+                details={"cost_metric": metric, "achieved_ratio": achieved, "target_ratio": ratio,
+                         "measured": measured, "reference": reference},
+                message=(f"{what} ratio {achieved:.3f} ({measured} of {reference}) "
+                         + (f"reaches the target {ratio:g} (tolerance {tolerance:g})" if ok else
+                            f"MISSES the target {ratio:g} by {achieved - ratio:+.3f} (tolerance {tolerance:g}): "
+                            f"the point is not what its label says; choose a target the candidates can reach "
+                            f"(fewer ignored layers, a scheme that covers more of the MACs)")))

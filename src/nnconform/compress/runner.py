@@ -37,7 +37,7 @@ from ..store import FORMAT as STORE_FORMAT, ContentStore
 from .base import (DEFAULT_DECODE_TOLERANCE, Artifact, ArtifactError, CalibrationSet, CompressedModel,
                    CompressionContext, CompressorUnavailable, compressor_class)
 from .checks import (check_accuracy, check_artifact_consistency, check_evaluated_output, check_output,
-                     check_size_reported, forward)
+                     check_size_reported, check_target_reached, forward)
 from .metrics import CompressionMetrics, compute_metrics
 from .plan import CompressionPoint
 from .serialize import OnnxModule, fp32_state_bytes, onnx_parameter_count, poisoned_template
@@ -326,6 +326,11 @@ def run_case(point: CompressionPoint, anchor: AnchorUnderTest, calibration: Cali
                                       bytes_ref=costs["bytes"], nbytes=result.artifact.nbytes,
                                       params_ref=costs["params"], params=params, macs_ref=costs["macs"], macs=macs)
         out.details["counts_source"] = count_source
+        # a point that targets a cost ratio (AIMET compression) is judged by the ratio it reached
+        target = check_target_reached(subject, point.config, out.metrics)
+        if target is not None:
+            rec(target)
+            out.details["achieved_ratio"] = target.details["achieved_ratio"]
         out.accuracy = check_accuracy(subject, out.metrics, point.claimed_tier, smoke=anchor.smoke,
                                       details={k: v for k, v in out.details.items()})
         return out
