@@ -109,6 +109,7 @@ def _first_png(page: str) -> str:
 
 
 def test_the_report_embeds_its_plots(report):
+    """Each plot once (the executive summary shows it first; the details link back to it)."""
     results = json.loads((report / "results.json").read_text())
     pngs = [rel for rel in results["artifacts"].values() if rel.endswith(".png")]
     page = (report / "index.html").read_text()
@@ -134,7 +135,7 @@ def test_corrupt_base64_names_the_image(report, tmp_path, browser):
         return page.replace(b64, b64[:200] + "!!!!@@@@" + b64[208:], 1)
 
     result = _check(_variant(report, tmp_path, corrupt), browser)
-    bad = [p for p in result.problems if p.startswith("image 0 ('lineage-a trajectory')")]
+    bad = [p for p in result.problems if p.startswith("image 0 ('rate-accuracy p')")]
     assert any("did not decode" in p for p in bad) and any("invalid base64" in p for p in bad), result.problems
     assert result.plots == PLOTS - 1
 
@@ -147,7 +148,7 @@ def test_truncated_png_that_the_browser_draws_partly_still_fails(report, tmp_pat
         return page.replace(b64, base64.b64encode(raw[: len(raw) // 2]).decode(), 1)
 
     result = _check(_variant(report, tmp_path, truncate), browser)
-    assert any(p.startswith("image 0 ('lineage-a trajectory'): corrupt image/png data") for p in result.problems), \
+    assert any(p.startswith("image 0 ('rate-accuracy p'): corrupt image/png data") for p in result.problems), \
         result.problems
     assert result.plots == PLOTS - 1
 
@@ -188,7 +189,7 @@ def test_a_plot_hidden_by_css_fails_but_one_folded_in_details_does_not(report, t
         return page.replace("<img ", '<img style="display:none" ', 1)
 
     problems = _check(_variant(report, tmp_path, hide), browser).problems
-    assert len(problems) == 1 and problems[0].startswith("image 0 ('lineage-a trajectory'): decoded but is not "
+    assert len(problems) == 1 and problems[0].startswith("image 0 ('rate-accuracy p'): decoded but is not "
                                                          "displayed"), problems
 
     def fold(page):

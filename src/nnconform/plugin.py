@@ -433,8 +433,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int):
             run.stopped = "interrupted"
         elif session.shouldfail or session.shouldstop:
             run.stopped = str(session.shouldfail or session.shouldstop)
-    if not (run.records or _ran_conformance(run)):
-        return result
+    if config.option.collectonly or not (run.records or _ran_conformance(run)):
+        return result  # nothing ran: no verdict to give, no report to write
     report_line = "report: not written (--nnc-no-report)"
     if run.config.write_report:
         report_line = _write_report(config, run)
