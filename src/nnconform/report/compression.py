@@ -5,6 +5,10 @@ MAC/parameter reduction, strictest tier met, claimed tier, latency), the AIMET-m
 FP32/W8A8/W4A8 table, and writes under ``<run>/compression/``: one size-accuracy curve JSON per
 (anchor, method) (``curves/<anchor>/<method>.json``, the kit's :class:`~nnconform.kit.RateCurve`)
 and one plot per anchor (``size-accuracy-<anchor>.png``, :func:`~nnconform.kit.plot_curves`).
+Methods that target a MAC ratio (AIMET spatial SVD, channel pruning, weight SVD) are also plotted on
+a MAC axis (``mac-accuracy-<anchor>.png``, the bytes plot beside it), with a table of target vs
+achieved MAC ratio; the AIMET quantization cases say what CLE did (or that it was inert), which
+AdaRound recipe ran, and the size of AIMET's JSON encodings as a separate share.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ def _pct(x) -> str:
 
 @SECTIONS.register("compression")
 def section(ctx: ReportContext) -> str:
-    from ..compress.curves import case_rows, rate_curves, zoo_table
+    from ..compress.curves import case_rows, quant_notes, rate_curves, target_table, targets_macs, zoo_table
     from ..kit import plot_curves, write_curves
 
     recs = ctx.records_of("compression")
@@ -56,6 +60,19 @@ def section(ctx: ReportContext) -> str:
         out += ["#### AIMET quantization (model-zoo style)", "",
                 md_table(["anchor", "FP32 top-1 (bytes)", "W8A8 top-1 (bytes)", "W4A8 AdaRound top-1 (bytes)"], zoo),
                 ""]
+    notes = quant_notes(rows)
+    if notes:
+        out += [md_table(["anchor", "point", "cross-layer equalization", "AdaRound", "AIMET JSON encodings"], notes),
+                "", "CLE is AIMET's BN fold, cross-layer scaling and high-bias fold; \"inert\" means it scaled no "
+                "pair (ReLU6 models: AIMET >= 2.4 skips conv-ReLU6-conv). The QDQ graph holds the encodings; "
+                "AIMET's JSON file repeats them and is not part of the counted bytes unless the point ships it.", ""]
+    targets = target_table(rows)
+    if targets:
+        out += ["#### AIMET compression: MAC target vs achieved", "",
+                md_table(["anchor", "method", "point", "target MAC ratio", "achieved", "fine-tuning", "top-1",
+                          "status"], targets), "",
+                "Achieved = MACs of the decoded model / the anchor's. A point more than 0.05 above its target fails "
+                "compression.target_reached. Fine-tuned points train on the calibration list (training split).", ""]
     curve_list = rate_curves(rows)
     folder = ctx.run_dir / SUBDIR
     for path, c in zip(write_curves(curve_list, folder / "curves"), curve_list):
@@ -72,7 +89,18 @@ def section(ctx: ReportContext) -> str:
                            hlines=[(ref["top1"] * 0.99, "99% of anchor")], size=(9, 4.8))
         rel = str(path.relative_to(ctx.run_dir))
         ctx.artifacts[f"compression/plot/{anchor}"] = rel
-        out += [f"![{anchor} size vs accuracy]({rel})", ""]
+        line = f"![{anchor} size vs accuracy]({rel})"
+        mac_rows = [r for r in rows if r["anchor"] == anchor and targets_macs(r) and r.get("mac_ratio") is not None]
+        if mac_rows:  # MAC-targeting methods on the axis they target, beside the bytes plot
+            mac_path = plot_curves(rate_curves(mac_rows, rate="mac_ratio"), folder / f"mac-accuracy-{anchor}.png",
+                                   x="mac_ratio", y="top1", xlabel="MACs / anchor MACs", ylabel="top-1 accuracy",
+                                   title=f"{anchor}: MAC ratio vs accuracy (MAC-targeting methods)", logx=False,
+                                   reference=(1.0, ref["top1"]), reference_label="fp32 anchor",
+                                   hlines=[(ref["top1"] * 0.99, "99% of anchor")], size=(7, 4.8))
+            mac_rel = str(mac_path.relative_to(ctx.run_dir))
+            ctx.artifacts[f"compression/plot/{anchor}-macs"] = mac_rel
+            line += f" ![{anchor} MAC ratio vs accuracy]({mac_rel})"
+        out += [line, ""]
     return "\n".join(out)
 
 
