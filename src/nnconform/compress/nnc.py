@@ -3,8 +3,9 @@
 The artifact is the NNC bitstream itself; decoding runs NNC's decoder on those bytes and loads the
 reconstructed tensors (names and shapes come from the bitstream) into the architecture. The
 quantization step is set by ``qp`` for weights and by ``nonweight_qp`` for biases and batch-norm
-tensors: the step size is about 2^(qp / 2^qp_density) (nncodec's get_stepsize_from_qp), so a more negative qp is a *finer* step (more bytes,
-closer to float; -44 is finer than -20) and nncodec's default is -38.
+tensors: the step size is about 2^(qp / 2^qp_density) (nncodec's ``get_stepsize_from_qp``), so a
+more negative qp is a *finer* step (more bytes, closer to float; -44 is finer than -20); nncodec's
+default is -38.
 
 Install: ``pip install --no-deps nncodec==2.1.3`` (builds the C++ extension, ~2.5 min) plus
 ``h5py ptflops torchmetrics opencv-python-headless``; nncodec's ``numpy<2`` pin is not needed.
