@@ -355,3 +355,36 @@ def test_a_pinned_module_that_changed_is_not_imported(tmp_path):
     path.write_text(path.read_text().replace("1" * 64, sha256_bytes(code.read_bytes())))
     assert "proposal.module_sha256" not in fields(path)
     assert (tmp_path / "ran").exists()
+
+
+def test_split_entries_become_split_points_and_bad_params_are_named(tmp_path):
+    """A proposal's [[split]] entries are parsed straight into the split criterion's points; a codec config that
+    does not build (an unknown field, a string for an integer) is a problem naming the entry's params."""
+    from nnconform.split.plan import SplitPoint
+
+    good = load_proposal(FIXTURES / "good-feature-codec")
+    assert all(isinstance(p, SplitPoint) for p in good.split)
+    assert [(p.label, p.claimed_tier, p.run_tier, p.proposal) for p in good.split] == [
+        ("sqrt-8", "99%", "quick", "fixture-sqrt-quant"), ("sqrt-6", "99%", "quick", "fixture-sqrt-quant"),
+        ("sqrt-4", None, "quick", "fixture-sqrt-quant")]
+    path = write(tmp_path, """
+        criteria = ["split"]
+        [[split]]
+        codec = "uniform"
+        label = "u-a"
+        params = { bitz = 4 }
+        claimed_tier = "99%"
+        [[split]]
+        codec = "uniform"
+        label = "u-b"
+        params = { bits = "4" }
+        claimed_tier = "none"
+        [[split]]
+        codec = "unifrom"
+        label = "u-c"
+        claimed_tier = "none"
+    """, HEAD.replace('anchors = ["fmnist-lenet5"]', 'anchors = ["fmnist-lenet5"]\npackage = "nnconform"'))
+    found = fields(path)
+    assert "unknown config field(s) ['bitz']" in found["split[0].params"]
+    assert "bits must be an integer in 1..16, got '4'" in found["split[1].params"]
+    assert "did you mean 'uniform'" in found["split[2].codec"]
