@@ -343,14 +343,13 @@ def _compression_claims(ck: _Checker, data: dict, name: str, tier_ok, anchor_ok)
     return tuple(out)
 
 
-def _update_point(ck: _Checker, where: str, cls_name: str, *args, **fields):
-    """An ``UpdatePoint`` or ``UpdateArtifact`` (claims on the point); a problem at ``where`` when it does not
-    build."""
+def _update_point(ck: _Checker, where: str, cls, *args, **fields):
+    """An ``UpdatePoint`` or ``UpdateArtifact`` (``cls``; claims on the point); a problem at ``where`` when it does
+    not build."""
     from ..kit import PointError
-    from ..updates import plan
 
     try:
-        return getattr(plan, cls_name)(*args, **fields)
+        return cls(*args, **fields)
     except PointError as exc:
         ck.problem(where, str(exc))
         return None
@@ -360,7 +359,7 @@ def _update_claims(ck: _Checker, data: dict, name: str, anchors, known_anchors, 
     """The manifest's ``[[updates]]`` entries, parsed straight into ``UpdatePoint``s: ``claimed_tier`` (one tier,
     or a table per pair kind) becomes the point's ``claimed_tier`` (the ``"*"`` claim) and ``pair_claims``."""
     from ..updates import UPDATE_CODECS, make_codec
-    from ..updates.plan import load_plan
+    from ..updates.plan import UpdatePoint, load_plan
 
     entries = _entries(data, "updates")
     if entries:
@@ -386,12 +385,13 @@ def _update_claims(ck: _Checker, data: dict, name: str, anchors, known_anchors, 
         ok &= ck.unique(f"{where}.label", "label", label, reference_labels, seen)
         head = data.get("proposal") if isinstance(data.get("proposal"), dict) else {}
         tier = {k: None if t == NO_CLAIM else t for k, t in claims.items()}
-        point = _update_point(ck, where, "UpdatePoint", codec, params, label=label, proposal=name,
-                              run_tier=e.get("run_tier", "quick"), claimed_tier=tier.pop("*", None),
-                              pair_claims=tier, anchors=tuple(anchors),
-                              description=f"proposal {name} {head.get('version', '')}") if ok else None
-        if point is not None:
-            out.append(point)
+        if ok:
+            point = _update_point(ck, where, UpdatePoint, codec, params, label=label, proposal=name,
+                                  run_tier=e.get("run_tier", "quick"), claimed_tier=tier.pop("*", None),
+                                  pair_claims=tier, anchors=tuple(anchors),
+                                  description=f"proposal {name} {head.get('version', '')}")
+            if point is not None:
+                out.append(point)
     return tuple(out)
 
 
@@ -481,11 +481,13 @@ def _artifacts(ck: _Checker, data: dict, name: str, tier_ok, anchor_ok, get_anch
                     ck.problem(f"{where}.target", f"checkpoint {target!r} does not come after {base!r} in the lineage "
                                                   f"{names}")
                     ok = False
-            point = _update_point(ck, where, "UpdateArtifact", e["anchor"], base, target, files[0], label=label,
-                                  proposal=name, claimed_tier=tier, claimed_bytes=e.get("claimed_bytes")) \
-                if ok and isinstance(label, str) else None
-            if point is not None:
-                upd.append(point)
+            if ok and isinstance(label, str):
+                from ..updates.plan import UpdateArtifact
+
+                point = _update_point(ck, where, UpdateArtifact, e["anchor"], base, target, files[0], label=label,
+                                      proposal=name, claimed_tier=tier, claimed_bytes=e.get("claimed_bytes"))
+                if point is not None:
+                    upd.append(point)
     return tuple(comp), tuple(upd)
 
 
