@@ -121,14 +121,14 @@ def test_repository_plan_is_valid_and_covers_every_method_with_three_aimet_ratio
     assert len({p.config.qp for p in lenet if p.method == "nnc"}) >= 3
     quick = plan.up_to("quick")
     assert 0 < len(quick) < len(plan.up_to("default")) <= len(plan.points)
-    assert "fmnist-lenet5-aimet-ssvd-0.5" in ids
+    assert "fmnist-lenet5-aimet-ssvd-0.6" in ids
     claims = {p.id: p.claimed_tier for p in plan.points}
     assert claims["fmnist-lenet5-fp16"] == "transparent" and claims["fmnist-lenet5-nnc-qp-20"] is None
 
 
 def test_calibration_list_is_training_data_with_a_pinned_hash():
     spec = load_plan().calibration["fashion-mnist"]
-    assert spec.split == "train" and len(spec.indices) == 1000 and len(set(spec.indices)) == 1000
+    assert spec.split == "train" and len(spec.indices) == 2000 and len(set(spec.indices)) == 2000
     with pytest.raises(PlanError, match="test split"):
         CalibrationSpec("fashion-mnist", "test", (1, 2), "rule")
     with pytest.raises(PlanError, match="duplicate"):
