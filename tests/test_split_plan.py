@@ -192,3 +192,17 @@ def test_catalogue_cli_reports_a_stale_file(tmp_path, monkeypatch, capsys):
         assert main(["catalogue", "fmnist-lenet5"]) == 0
     finally:
         catalogue._load.cache_clear()
+
+
+def test_every_split_check_id_is_registered_with_a_description():
+    """The report explains each id from the catalogue (an unregistered id fails its record): every id the split
+    checks record is registered, with a one-line description and a direction."""
+    import inspect
+    import re
+
+    from nnconform.split import checks
+
+    recorded = set(re.findall(r'"(split\.[a-z_]+)"', inspect.getsource(checks)))
+    catalogue_ = kit.catalogue()
+    assert len(recorded) >= 14 and recorded <= set(catalogue_), recorded - set(catalogue_)
+    assert all(catalogue_[i].criterion == "split" and catalogue_[i].description for i in recorded)
