@@ -1,11 +1,18 @@
 """NNC (ISO/IEC 15938-17, MPEG-7 part 17) coding of the delta tensors through Fraunhofer's ``nncodec``.
 
-The float deltas (target - base, as float32) go through NNCodec's incremental mode: the NDUs
-are marked as a differential update of a parent (``compress_differences``, with a parameter
-update tree) and may use temporal context adaptation. Weights are quantized with ``qp`` (step
-2^(qp/4) with dependent quantization), 1-D tensors with the finer ``nonweight_qp``; DeepCABAC
-entropy-codes the levels. Non-float tensors and 0-d tensors are carried exactly, like the other
-lossy codecs; elements whose decoded delta is zero keep the base's exact bits.
+The float deltas (target - base, as float32) go through NNCodec's incremental mode: the NDUs are
+marked as a differential update (``compress_differences``) in a parameter update tree (PUT).
+Weights are quantized with ``qp`` (step 2^(qp/4) with dependent quantization; more negative is
+finer), 1-D tensors with the finer ``nonweight_qp``; DeepCABAC entropy-codes the levels. Non-float
+tensors and 0-d tensors are carried exactly, like the other lossy codecs; elements whose decoded
+delta is zero keep the base's exact bits.
+
+On its own (``encode``/``decode``, one pair of checkpoints) every call starts an empty update tree,
+so an update is the first node under a parent NNC never coded: temporal context adaptation
+(``tca``) has no earlier levels to adapt to and changes nothing. The update tree is kept only
+when a caller passes the same ``tree`` (:func:`fresh_tree`) to successive calls, as
+:mod:`nnconform.updates.lineage` does along a whole lineage (base coded first, then each update
+referencing the previous one, encoder and decoder keeping equal trees).
 
 Install: ``pip install --no-deps nncodec==2.1.3`` plus ``h5py ptflops torchmetrics
 opencv-python-headless`` (nncodec imports them). The codec registers without nncodec; using it
@@ -51,8 +58,10 @@ def _quiet(what: str):
         raise ValueError(f"nncodec failed to {what}: {exc} {out.getvalue()[-300:]}".strip()) from None
 
 
-def _fresh_param_base() -> dict:
-    """NNCodec's incremental-coding state for the first update of a parent (an empty update tree)."""
+def fresh_tree() -> dict:
+    """NNCodec's incremental-coding state (its ``approx_param_base``) for the first update of a parent: an
+    empty parameter update tree. NNCodec updates it in place on each call: the last quantization levels,
+    PUT node depth, device and parameter ids of every tensor it coded (what TCA adapts to)."""
     return {"parameters": {}, "put_node_depth": {}, "device_id": 0, "parameter_id": {}}
 
 
@@ -84,7 +93,9 @@ class NNCDeltaCodec:
     def __init__(self, config: "NNCDeltaCodec.Config | None" = None) -> None:
         self.config = config or self.Config()
 
-    def encode(self, base: StateDict, target: StateDict) -> bytes:
+    def encode(self, base: StateDict, target: StateDict, *, tree: dict | None = None) -> bytes:
+        """The body coding ``target - base``; ``tree`` (incremental mode only) is the update tree to extend
+        in place (default: a fresh one, so the update references nothing earlier)."""
         nnc = _nnc()
         records: dict[str, torch.Tensor] = {}
         deltas: dict[str, np.ndarray] = {}
@@ -96,7 +107,7 @@ class NNCDeltaCodec:
                 deltas[name] = float_delta(name, b, t).to(torch.float32).reshape(b.shape).numpy()
         if deltas:
             c = self.config
-            kwargs = dict(compress_differences=True, approx_param_base=_fresh_param_base(),
+            kwargs = dict(compress_differences=True, approx_param_base=fresh_tree() if tree is None else tree,
                           update_base_param=True, tca=c.tca) if c.incremental else {}
             with _quiet("encode"):
                 bitstream = nnc.compress(deltas, bitstream_path=None, qp=c.qp, nonweight_qp=c.nonweight_qp,
@@ -104,14 +115,17 @@ class NNCDeltaCodec:
             records["::nnc"] = torch.frombuffer(bytearray(bitstream), dtype=torch.uint8).clone()
         return pack_records(records, 3)
 
-    def decode(self, base: StateDict, body: bytes) -> StateDict:
+    def decode(self, base: StateDict, body: bytes, *, tree: dict | None = None) -> StateDict:
+        """The state ``body`` makes of ``base``; ``tree`` is the decoder's update tree, extended in place
+        (default: a fresh one; it must equal the encoder's tree before this update)."""
         records = unpack_records(body)
         bitstream = records.pop("::nnc", None)
         check_records(records, base, ("exact",))
         deltas: dict[str, np.ndarray] = {}
         if bitstream is not None:
             nnc = _nnc()
-            kwargs = dict(approx_param_base=_fresh_param_base(), update_base_param=True) if self.config.incremental else {}
+            kwargs = (dict(approx_param_base=fresh_tree() if tree is None else tree, update_base_param=True)
+                      if self.config.incremental else {})
             with _quiet("decode"):
                 deltas = nnc.decompress(bytearray(bitstream.numpy().tobytes()), verbose=False, **kwargs)
         unknown = sorted(set(deltas) - set(base))
