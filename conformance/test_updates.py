@@ -23,7 +23,7 @@ from nnconform import kit, proposal
 from nnconform.records import CheckRecord, Status
 from nnconform.updates import CodecUnavailable, apply_update, encode_update
 from nnconform.updates.cases import (all_pairs, artifact_cases, checkpoint_cases, codec_cases, latest_pair_cases,
-                                     pair_cases)
+                                     nnc_lineage_cases, pair_cases)
 from nnconform.updates.plan import lineages, load_plan
 from nnconform.updates.runs import UpdateRuns
 
@@ -114,6 +114,15 @@ def test_update_accuracy(anchor_name, pair, point, updates, run):
     """The model rebuilt from the update (with the preprocessing the payload carries) is non-inferior to the
     target checkpoint at the operating point's claimed accuracy tier."""
     result = run(updates.accuracy, pair, point, subject=f"{pair.id}/{point.label}")
+    assert not result.failed, result.message
+
+
+@pytest.mark.parametrize("anchor_name,point", _params(nnc_lineage_cases(PLAN, LINEAGES)))
+def test_nnc_lineage(anchor_name, point, updates, run):
+    """The whole lineage coded through NNC (base first, update tree kept across the updates, TCA on) decodes in
+    order, each state bit-exact to the encoder's reconstruction, and refuses an update whose predecessor was not
+    decoded; sizes per update and cumulative, against a fresh tree per update, are recorded (INFO)."""
+    result = run(updates.nnc_lineage, anchor_name, point, subject=f"{anchor_name}/{point.label}/lineage")
     assert not result.failed, result.message
 
 

@@ -75,3 +75,14 @@ def artifact_cases(plan: UpdatePlan, pairs: Iterable[LineagePair], artifacts) ->
         pair = next((p for p in pairs if (p.anchor, p.base, p.target) == (a.anchor, a.base, a.target)),
                     LineagePair(a.anchor, a.base, a.target, "submitted"))
         yield Case(a.id, (a.anchor, a, pair), plan.eval_run_tier(a.anchor, QUICK))
+
+
+def nnc_lineage_cases(plan: UpdatePlan, lineages: Mapping[str, tuple[str, ...]]) -> Iterator[Case]:
+    """One case per (lineage of three or more checkpoints, ``[nnc_lineage]`` point): from the default tier, from
+    the quick tier on the plan's ``quick_lineages`` (never earlier than the point's own run tier)."""
+    table = plan.nnc_lineage
+    for anchor, checkpoints in lineages.items():
+        for label in (table.points if table is not None and len(checkpoints) >= 3 else ()):
+            point = plan.point(label)
+            tier = kit.later(QUICK if anchor in table.quick_lineages else DEFAULT, point.run_tier)
+            yield Case(f"{anchor}-{label}-lineage", (anchor, point), tier)

@@ -258,3 +258,62 @@ def check_size_claim(subject: str, size: int, claimed_bytes: int, *, proposal: s
     return gate("updates.size_claim", subject, ok, measured=size, expected=claimed_bytes, criterion=CRITERION,
                 details={"proposal": proposal},
                 message=f"payload {size} bytes {'<=' if ok else '>'} the {claimed_bytes} bytes claimed")
+
+
+# ---------------------------------------------------------------------------------------------
+# NNC incremental coding along a lineage (.lineage)
+
+
+@kit.check("updates.nnc_lineage_decode", "A lineage's NNC payloads (base first, update tree kept) decode in order, "
+           "each bit-exact to the encoder's reconstruction, and a payload whose predecessor was not decoded is "
+           "refused")
+def check_nnc_lineage_decode(subject: str, template: Mapping[str, torch.Tensor], steps, *,
+                             decoder_factory: Callable | None = None) -> CheckRecord:
+    """Decode ``steps`` (:class:`~nnconform.updates.lineage.LineageStep`) in order with a fresh decoder and compare
+    each state with the encoder's; then give a fresh decoder the second update first, which must be refused."""
+    from .lineage import LineageDecoder, LineageOrderError, state_equal
+
+    make = decoder_factory or LineageDecoder
+    problems = []
+    decoder = make(template)
+    for s in steps:
+        try:
+            state = decoder.decode(s.payload)
+        except Exception as exc:
+            problems.append(f"step {s.step}: {type(exc).__name__}: {exc}")
+            break
+        if not state_equal(state, s.state):
+            problems.append(f"step {s.step}: the decoded state differs from the encoder's reconstruction")
+            break
+    refusal = None
+    if len(steps) >= 3:
+        out_of_order = make(template)
+        try:
+            out_of_order.decode(steps[0].payload)
+            out_of_order.decode(steps[2].payload)
+            problems.append("update 2 was decoded without update 1")
+        except LineageOrderError as exc:
+            refusal = str(exc)
+        except Exception as exc:
+            problems.append(f"update 2 without update 1 raised {type(exc).__name__} instead of LineageOrderError: {exc}")
+    return gate("updates.nnc_lineage_decode", subject, not problems, measured=len(problems), expected=0,
+                criterion=CRITERION, details={"payloads": len(steps), "out_of_order_refusal": refusal},
+                message=(f"{len(steps)} payloads decoded in order, each bit-exact to the encoder's reconstruction"
+                         + ("; update 2 without update 1 refused" if refusal else "")) if not problems
+                else "; ".join(problems))
+
+
+@kit.check("updates.nnc_lineage_size", "Bytes of a lineage coded through NNC (base first), per payload and "
+           "cumulative, with the update tree kept (incremental, TCA) against a fresh tree per update", "info")
+def nnc_lineage_size_record(subject: str, checkpoints: list[str], sizes: Mapping, *, extra: Mapping | None = None
+                            ) -> CheckRecord:
+    """INFO: per-update and cumulative payload bytes of the incremental and the independent coding."""
+    inc, ind = sizes["incremental"], sizes["independent"]
+    total_inc, total_ind = inc["cumulative_bytes"][-1], ind["cumulative_bytes"][-1]
+    upd_inc, upd_ind = total_inc - inc["payload_bytes"][0], total_ind - ind["payload_bytes"][0]
+    saving = 1 - upd_inc / upd_ind if upd_ind else 0.0
+    return CheckRecord("updates.nnc_lineage_size", subject, Status.INFO, measured=total_inc, expected=total_ind,
+                       criterion=CRITERION, details={"checkpoints": list(checkpoints), **sizes, **dict(extra or {})},
+                       message=f"base {inc['payload_bytes'][0]} B + {len(checkpoints) - 1} updates: {total_inc} B "
+                               f"cumulative with the update tree kept vs {total_ind} B with a fresh tree per update "
+                               f"(updates alone {upd_inc} vs {upd_ind} B, {saving:+.2%} saved)")

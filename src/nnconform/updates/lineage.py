@@ -197,3 +197,34 @@ def summary(incremental: list[LineageStep], independent: list[LineageStep]) -> d
     inc, ind = lineage_sizes(incremental), lineage_sizes(independent)
     saving = [1 - a / b if b else 0.0 for a, b in zip(inc["payload_bytes"], ind["payload_bytes"])]
     return {"incremental": inc, "independent": ind, "saving": saving}
+
+
+@dataclass(frozen=True)
+class LineagePlan:
+    """The ``[nnc_lineage]`` table of ``anchors/updates.toml``: which ``nnc`` operating points code every lineage
+    whole (base first, update tree kept), and the lineages that run from the quick tier (others: default)."""
+
+    points: tuple[str, ...] = ()
+    quick_lineages: tuple[str, ...] = ()
+
+
+def parse_lineage_plan(t, points, known_lineages: Mapping[str, Any]) -> LineagePlan:
+    """Read the ``nnc_lineage`` table (a :class:`nnconform.kit.Table`); ``points`` are the plan's operating points.
+    Each label must name an ``nnc`` point with ``incremental`` on; an error names the field and the value."""
+    from .. import kit
+
+    labels = t.list("points", str, [])
+    by_label = {p.label: p for p in points}
+    for i, label in enumerate(labels):
+        p = by_label.get(label)
+        if p is None or p.codec != "nnc" or not p.params.get("incremental", True):
+            nnc = sorted(q.label for q in points if q.codec == "nnc")
+            raise kit.PlanError(f"{t.at('points')}[{i}]: {label!r} is not an incremental 'nnc' operating point of "
+                                f"the plan; known: {nnc}")
+    quick = t.list("quick_lineages", str, [])
+    for i, name in enumerate(quick):
+        if name not in known_lineages:
+            raise kit.PlanError(f"{t.at('quick_lineages')}[{i}]: {name!r} is not an anchor with a lineage; known: "
+                                f"{sorted(known_lineages)}")
+    t.done()
+    return LineagePlan(tuple(labels), tuple(quick))

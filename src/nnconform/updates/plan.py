@@ -157,6 +157,8 @@ class UpdatePlan:
     benchmark: BenchmarkPlan = BenchmarkPlan()
     #: lineages whose cases that evaluate models run in the quick tier; the others' from the default tier
     quick_eval_lineages: tuple[str, ...] | None = None
+    #: the ``[nnc_lineage]`` table: nnc points coding whole lineages (:mod:`.lineage`)
+    nnc_lineage: Any = None
 
     def eval_run_tier(self, anchor: str, run_tier: str) -> str:
         """The run tier of a case of ``anchor`` that evaluates models and would otherwise run from ``run_tier``."""
@@ -267,18 +269,22 @@ def parse_plan(root: kit.Table, *, known_lineages: Mapping[str, Any] | None = No
     benchmark = BenchmarkPlan(bench.int("rounds", 3, min=1), bench.int("large_model_params", 5_000_000, min=1),
                               bench.int("large_model_rounds", 1, min=1))
     bench.done()
+    from .lineage import parse_lineage_plan
+
+    nnc_lineage = parse_lineage_plan(root.table("nnc_lineage", {}), points,
+                                     lineages() if known_lineages is None else known_lineages)
     root.done()
     return UpdatePlan(pair_kinds, points, root.where, benchmark,
-                      tuple(quick_eval) if quick_eval is not None else None)
+                      tuple(quick_eval) if quick_eval is not None else None, nnc_lineage)
 
 
 @functools.lru_cache(maxsize=1)
 def _repository_plan() -> UpdatePlan:
-    return parse_plan(kit.read_plan("updates", version=PLAN_VERSION, tables=("pairs", "points", "benchmark")))
+    return parse_plan(kit.read_plan("updates", version=PLAN_VERSION, tables=("pairs", "points", "benchmark", "nnc_lineage")))
 
 
 def load_plan(path: str | Path | None = None) -> UpdatePlan:
     """The update plan from ``anchors/updates.toml`` (read once per process), or from ``path``."""
     if path is None:
         return _repository_plan()
-    return parse_plan(kit.read_plan("updates", path, version=PLAN_VERSION, tables=("pairs", "points", "benchmark")))
+    return parse_plan(kit.read_plan("updates", path, version=PLAN_VERSION, tables=("pairs", "points", "benchmark", "nnc_lineage")))

@@ -17,7 +17,8 @@ from ..records import CheckRecord
 from ..stats import top1_agreement, wilson_interval
 from .checks import (check_deterministic_encoding, check_documented_change, check_lineage_accuracy,
                      check_payload_safety, check_reconstruction, check_size_claim, check_smoke_lineage_accuracy,
-                     check_submitted_decode, check_submitted_file, check_update_accuracy, comparison_record)
+                     check_nnc_lineage_decode, check_submitted_decode, check_submitted_file, check_update_accuracy,
+                     comparison_record, nnc_lineage_size_record)
 from .codec import CodecUnavailable, apply_update, encode_update, make_codec
 from .compare import compare_results, weight_changes
 from .plan import LineagePair, UpdatePlan, UpdatePoint
@@ -167,6 +168,26 @@ class UpdateRuns:
         payload = self.payload(pair, point)
         base, wrong_base = self.states(pair)
         return CaseResult([check_payload_safety(f"{pair.id}/{point.label}", base, wrong_base, payload)])
+
+    # -- NNC incremental coding along a whole lineage -------------------------------------------
+
+    def nnc_lineage(self, anchor_name: str, point: UpdatePoint) -> CaseResult:
+        """The lineage's checkpoints coded through NNC in order (base first), with the update tree kept (TCA on)
+        and with a fresh tree per update: the incremental payloads decode in order, bit-exact to the encoder's
+        reconstructions (update 2 without update 1 is refused), and both codings' sizes (INFO)."""
+        from .lineage import code_lineage, summary
+
+        checkpoints = [c.name for c in self.session.anchor(anchor_name).checkpoints]
+        states = [self.session.model(anchor_name, c).state_dict() for c in checkpoints]
+        config = point.make().config.replace(tca=True)
+        _, incremental = code_lineage(states, config, keep_tree=True)
+        _, independent = code_lineage(states, config, keep_tree=False)
+        subject = f"{anchor_name}/{point.label}/lineage"
+        extra = {"anchor": anchor_name, "label": point.label, "params": config.to_dict()}
+        decode = check_nnc_lineage_decode(subject, states[0], incremental)
+        decode.details.update(extra)
+        return CaseResult([decode, nnc_lineage_size_record(subject, checkpoints,
+                                                           summary(incremental, independent), extra=extra)])
 
     # -- artifact-only submissions -------------------------------------------------------------
 
