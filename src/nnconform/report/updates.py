@@ -133,11 +133,31 @@ def _codecs(ctx: ReportContext, recs) -> list[str]:
     return out
 
 
+def _nnc_lineages(recs) -> list[str]:
+    """Per-update and cumulative bytes of each lineage coded whole through NNC, update tree kept vs fresh."""
+    rows = [r for r in recs if r.check_id == "updates.nnc_lineage_size"]
+    out = ["### NNC along each lineage", "",
+           "The base checkpoint coded through NNC first, then each checkpoint as an update of the decoded "
+           "predecessor: with NNCodec's update tree kept across the updates (temporal context adaptation), and with "
+           "a fresh tree per update. Payload bytes (container included); cumulative = base + updates so far.",
+           ""] if rows else []
+    for r in rows:
+        d = r.details
+        inc, ind = d["incremental"], d["independent"]
+        table = [[ck, "base" if i == 0 else "update", inc["payload_bytes"][i], inc["cumulative_bytes"][i],
+                  ind["payload_bytes"][i], ind["cumulative_bytes"][i], f"{d['saving'][i]:+.2%}"]
+                 for i, ck in enumerate(d["checkpoints"])]
+        out += [f"**{r.subject}**: {r.message}", "",
+                md_table(["checkpoint", "payload", "bytes (tree kept)", "cumulative", "bytes (fresh tree)",
+                          "cumulative", "saved"], table), ""]
+    return out
+
+
 @SECTIONS.register("updates")
 def render_updates(ctx: ReportContext) -> str:
     """Trajectory tables and plots per lineage, pair comparisons, codec tables and rate-accuracy curves."""
     recs = ctx.records_of("updates")
-    lines = _trajectories(ctx, recs) + _comparisons(ctx, recs) + _codecs(ctx, recs)
+    lines = _trajectories(ctx, recs) + _comparisons(ctx, recs) + _codecs(ctx, recs) + _nnc_lineages(recs)
     return "\n".join(lines)
 
 
