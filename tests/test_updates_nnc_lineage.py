@@ -134,3 +134,19 @@ def test_size_record(lineage):
     rec = nnc_lineage_size_record("lenet5/3", names, summary(inc, ind))
     assert rec.status is Status.INFO and rec.measured < rec.expected
     assert rec.details["incremental"]["payload_bytes"] == [s.nbytes for s in inc]
+
+
+def test_plan_table_refuses_a_point_that_is_not_nnc():
+    """[nnc_lineage].points must name incremental nnc points of the plan; the error names the field and value."""
+    from nnconform import kit
+    from nnconform.updates.lineage import parse_lineage_plan
+    from nnconform.updates.plan import load_plan
+
+    points = load_plan().points
+    ok = parse_lineage_plan(kit.Table({"points": ["nnc-qp32"], "quick_lineages": ["fmnist-lenet5"]}, "u.toml:nnc_lineage"),
+                            points, {"fmnist-lenet5": ()})
+    assert ok.points == ("nnc-qp32",)
+    with pytest.raises(kit.PlanError, match=r"nnc_lineage: points\[0\]: 'topk-0\.01' is not an incremental 'nnc'"):
+        parse_lineage_plan(kit.Table({"points": ["topk-0.01"]}, "u.toml:nnc_lineage"), points, {})
+    with pytest.raises(kit.PlanError, match=r"quick_lineages\[0\]: 'nope'"):
+        parse_lineage_plan(kit.Table({"quick_lineages": ["nope"]}, "u.toml:nnc_lineage"), points, {"fmnist-lenet5": ()})
