@@ -77,7 +77,8 @@ tolerance = 0.001
 '''
 
 
-def test_a_toy_criterion_plugs_in_through_the_kit(pytester, monkeypatch):
+def toy_suite(pytester, monkeypatch) -> None:
+    """Lay the toy criterion out in a pytester folder (plan, engine, conformance file)."""
     import shutil
 
     from nnconform.paths import anchors_dir
@@ -90,6 +91,10 @@ def test_a_toy_criterion_plugs_in_through_the_kit(pytester, monkeypatch):
     pytester.mkdir("conformance")
     (pytester.path / "conformance" / "test_toy.py").write_text(TOY_TEST)
     monkeypatch.setenv("PYTHONPATH", str(pytester.path))
+
+
+def test_a_toy_criterion_plugs_in_through_the_kit(pytester, monkeypatch):
+    toy_suite(pytester, monkeypatch)
     result = pytester.runpytest_subprocess("conformance", "-p", "no:cacheprovider", "--nnc-report-dir",
                                            str(pytester.path / "reports"), "--nnc-run-id", "toy")
     result.assert_outcomes(passed=1, failed=1)

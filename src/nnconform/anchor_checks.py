@@ -55,6 +55,13 @@ def integrity_failure(subject: str, exc: WeightsIntegrityError) -> CheckRecord:
     return CheckRecord("anchor.weights_sha256", subject, Status.FAIL, message=str(exc), criterion=CRITERION)
 
 
+def logits_sha256(logits: torch.Tensor) -> str:
+    """Fingerprint of a model's logits on its evaluation set (float32, C order): what golden results pin."""
+    from .hashing import sha256_bytes
+
+    return sha256_bytes(logits.detach().to(torch.float32).contiguous().numpy().tobytes())
+
+
 def check_documented_accuracy(anchor: Anchor, dataset, result) -> CheckRecord:
     """Top-1 against the manifest's figure: within tolerance on a full set; a smoke check on a smoke set."""
     documented = anchor.metrics["top1"]
@@ -65,14 +72,16 @@ def check_documented_accuracy(anchor: Anchor, dataset, result) -> CheckRecord:
                     expected=documented, tolerance=[lo, hi], criterion=CRITERION,
                     message=f"SMOKE CHECK on {len(dataset)} {dataset.name} images ({hits} correct): "
                             f"95% interval {lo:.3f}..{hi:.3f}; not a measurement of ImageNet accuracy",
-                    details={"dataset": dataset.name, "fingerprint": dataset.fingerprint, "smoke": True})
+                    details={"dataset": dataset.name, "fingerprint": dataset.fingerprint, "smoke": True,
+                             "logits_sha256": logits_sha256(result.logits)})
     diff = result.top1 - documented
     return gate("anchor.accuracy", anchor.name, abs(diff) <= anchor.tolerance, measured=result.top1,
                 expected=documented, tolerance=anchor.tolerance, criterion=CRITERION,
                 message=f"top-1 {result.top1:.4%} vs documented {documented:.4%} (difference {diff:+.4%}) on "
                         f"{len(dataset)} samples",
                 details={"dataset": f"{dataset.name}/{dataset.split}", "samples": len(dataset),
-                         "fingerprint": dataset.fingerprint, "top5": result.top5})
+                         "fingerprint": dataset.fingerprint, "top5": result.top5,
+                         "logits_sha256": logits_sha256(result.logits)})
 
 
 def documented_params_macs(anchor: Anchor) -> tuple[dict[str, int], float]:

@@ -98,6 +98,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--nnc-no-report", action="store_true", help="do not write a report")
     add("--nnc-benchmark-table", action="store_true",
         help="also print pytest-benchmark's timing tables in the terminal (they are always in the report)")
+    add("--nnc-golden", default=None, metavar="FILE",
+        help="after the report is written, check that the run reproduces the golden figures of FILE "
+             "(python -m nnconform.report golden); any difference fails the run")
     add("--nnc-threads", default=None, type=_threads, metavar="N",
         help="torch threads per process, at most the machine's CPUs (default: torch's choice; under "
              "pytest-xdist, cores / workers). On a shared machine, more threads than free cores stall in OpenMP "
@@ -439,7 +442,31 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int):
     if run.config.write_report:
         report_line = _write_report(config, run)
     _print_verdict(config, run, report_line)
+    golden = config.getoption("--nnc-golden")
+    if golden:
+        if _check_golden(config, run, golden):
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
     return result
+
+
+def _check_golden(config: pytest.Config, run: ConformanceSession, golden: str) -> bool:
+    """Compare the written report with a golden file; print every difference. True when the run fails it."""
+    from .report.golden import GoldenError, differences, read_golden, read_results
+
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    write = tr.write_line if tr is not None else print
+    try:
+        diffs = differences(read_golden(golden), read_results(Path(run.config.report_dir) / run.run_id))
+    except GoldenError as exc:
+        diffs = [f"cannot check: {exc}"]
+    if diffs:
+        write(f"golden results: {len(diffs)} difference(s) from {golden} (a deliberate change regenerates it: "
+              f"python -m nnconform.report golden --update RUN)")
+        for line in diffs[:40]:
+            write(f"  {line}")
+    else:
+        write(f"golden results: the run reproduces {golden}")
+    return bool(diffs)
 
 
 def _write_report(config: pytest.Config, run: ConformanceSession) -> str:
