@@ -60,6 +60,12 @@ import toy_engine
 def test_max_error(point, nnc_record):
     rec = nnc_record(toy_engine.check_max_error(point))
     assert rec.passed, rec.message
+
+@pytest.mark.criterion("toy")
+def test_an_unregistered_check_id_is_an_error(nnc_record):
+    from nnconform.records import Status, gate
+    rec = nnc_record(gate("toy.not_in_catalogue", "x", True, measured=1, expected=1))
+    assert rec.status is Status.ERROR and "not registered in the check catalogue" in rec.message
 '''
 
 TOY_PLAN = '''
@@ -97,8 +103,10 @@ def test_a_toy_criterion_plugs_in_through_the_kit(pytester, monkeypatch):
     toy_suite(pytester, monkeypatch)
     result = pytester.runpytest_subprocess("conformance", "-p", "no:cacheprovider", "--nnc-report-dir",
                                            str(pytester.path / "reports"), "--nnc-run-id", "toy")
-    result.assert_outcomes(passed=1, failed=1)
+    result.assert_outcomes(passed=2, failed=1)
     records = json.loads((pytester.path / "reports" / "toy" / "results.json").read_text())["records"]
     by_label = {r["subject"]: r for r in records if r["check_id"] == "toy.max_error"}
     assert by_label["two-digits"]["status"] == "pass" and by_label["claims-too-much"]["status"] == "fail"
     assert by_label["claims-too-much"]["measured"] > 0.001
+    unregistered = [r for r in records if r["check_id"] == "toy.not_in_catalogue"]
+    assert [r["status"] for r in unregistered] == ["error"]  # and the verdict counts it

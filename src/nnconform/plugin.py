@@ -378,9 +378,15 @@ def nnc_record(request: pytest.FixtureRequest):
     marker = request.node.get_closest_marker("criterion")
 
     def record(rec: CheckRecord) -> CheckRecord:
+        from .kit.checks import describe
+
         rec.nodeid = request.node.nodeid
         if not rec.criterion and marker is not None:
             rec.criterion = marker.args[0]
+        if describe(rec.check_id) is None:  # the report explains every id it shows: an unexplained one fails
+            rec.message = (f"check id {rec.check_id!r} is not registered in the check catalogue "
+                           f"(nnconform.kit.register_check); recorded as: {rec.status.value} {rec.message}")
+            rec.status = Status.ERROR
         request.node.user_properties.append(record_to_property(rec))
         return rec
 
