@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from .. import kit
+from ..kit.curves import save_figure
 
 #: Metrics of one operating point, in the order a curve lists them.
 CURVE_METRICS = ("label", "bytes", "ratio_to_full", "top1", "agreement", "delta_vs_target")
@@ -49,9 +50,4 @@ def plot_trajectory(anchor: str, rows: Sequence[Mapping], path: str | Path) -> P
     ax.set_ylabel("top-1")
     ax.set_title(f"{anchor}: accuracy along the lineage", fontsize=10)
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
