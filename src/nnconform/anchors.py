@@ -249,42 +249,66 @@ def load_verified_weights(source: str, sha256: str, *, anchor: str = "") -> dict
 # Manifests and lookups
 
 
-_ANCHOR_FIELDS = {"family", "architecture", "weights", "sha256", "dataset", "input_shape", "num_classes",
-                  "preprocess", "metrics", "tolerance", "num_params", "macs", "license", "provenance",
-                  "default", "architecture_kwargs", "checkpoints"}
-_REQUIRED = _ANCHOR_FIELDS - {"default", "architecture_kwargs", "checkpoints"}
+_REQUIRED = {"family", "architecture", "weights", "sha256", "dataset", "input_shape", "num_classes", "preprocess",
+             "metrics", "tolerance", "num_params", "macs", "license", "provenance"}
 
 
-def _parse_checkpoint(where: str, raw: dict) -> Checkpoint:
-    raw = dict(raw)
-    weights = raw.pop("weights", None) or raw.pop("path", None)
-    if not weights or "name" not in raw or "sha256" not in raw:
-        raise ManifestError(f"{where}: a checkpoint needs name, weights (or path) and sha256; got {sorted(raw)}")
-    pre = raw.pop("preprocess", None)
+def _parse_preprocess(table, key: str):
+    from .kit.plan import PlanError
+
+    raw = table.get(key, dict)
     try:
-        return Checkpoint(weights=weights, preprocess=Preprocess.from_dict(pre) if pre else None, **raw)
-    except TypeError as exc:
-        raise ManifestError(f"{where}: {exc}") from None
+        return Preprocess.from_dict(raw)
+    except (TypeError, KeyError, ValueError) as exc:
+        raise PlanError(f"{table.at(key)}: {exc}") from None
+
+
+def _parse_checkpoint(t) -> Checkpoint:
+    weights = t.str("weights", None) if t.has("weights") else t.str("path", None)
+    if t.has("weights") and t.has("path"):
+        t.str("path")
+        from .kit.plan import PlanError
+
+        raise PlanError(f"{t.where}: give `weights` or `path`, not both")
+    if weights is None:
+        t.str("weights")  # raises: missing 'weights'
+    return Checkpoint(name=t.str("name"), weights=weights, sha256=t.str("sha256"),
+                      top1=t.float("top1", None, min=0, max=1), note=t.str("note", ""),
+                      preprocess=_parse_preprocess(t, "preprocess") if t.has("preprocess") else None)
 
 
 def parse_anchor(name: str, raw: dict, manifest: str) -> Anchor:
-    """Validate one ``[anchors.<name>]`` table and build its :class:`Anchor`."""
+    """Validate one ``[anchors.<name>]`` table (every field type- and range-checked, unknown fields refused
+    with a close match) and build its :class:`Anchor`; a :class:`ManifestError` names the file and field."""
+    from .kit.plan import PlanError, Table
+
     where = f"{manifest}: anchors.{name}"
-    missing = sorted(_REQUIRED - raw.keys())
+    missing = sorted(_REQUIRED - set(raw)) if isinstance(raw, dict) else []
     if missing:
         raise ManifestError(f"{where}: missing required field(s) {', '.join(missing)}")
-    unknown = sorted(raw.keys() - _ANCHOR_FIELDS)
-    if unknown:
-        raise ManifestError(f"{where}: unknown field(s) {', '.join(unknown)}; valid: {sorted(_ANCHOR_FIELDS)}")
-    raw = dict(raw)
     try:
-        preprocess = Preprocess.from_dict(raw.pop("preprocess"))
-    except (TypeError, KeyError) as exc:
-        raise ManifestError(f"{where}.preprocess: {exc}") from None
-    checkpoints = tuple(_parse_checkpoint(f"{where}.checkpoints[{i}]", c)
-                        for i, c in enumerate(raw.pop("checkpoints", [])))
-    return Anchor(name=name, preprocess=preprocess, checkpoints=checkpoints,
-                  input_shape=tuple(raw.pop("input_shape")), manifest=manifest, **raw)
+        t = Table(raw, where)
+        metrics_table = t.table("metrics")
+        metrics = {k: metrics_table.float(k) for k in list(metrics_table.data)}
+        if "top1" in metrics and not 0 <= metrics["top1"] <= 1:
+            raise PlanError(f"{metrics_table.at('top1')}: must be in [0, 1], got {metrics['top1']!r}")
+        checkpoints = []
+        for ct in t.tables("checkpoints", []):
+            checkpoints.append(_parse_checkpoint(ct))
+            ct.done()
+        fields = dict(
+            family=t.str("family"), architecture=t.str("architecture"), weights=t.str("weights"),
+            sha256=t.str("sha256"), dataset=t.str("dataset"),
+            input_shape=tuple(t.list("input_shape", int, check=t.positive)),
+            num_classes=t.int("num_classes", min=1), preprocess=_parse_preprocess(t, "preprocess"),
+            metrics=metrics, tolerance=t.float("tolerance", min=0, max=1),
+            num_params=t.int("num_params", min=0), macs=t.int("macs", min=0), license=t.str("license"),
+            provenance=t.str("provenance"), default=t.bool("default", False),
+            architecture_kwargs=dict(t.get("architecture_kwargs", dict, {})), checkpoints=tuple(checkpoints))
+        t.done()
+    except PlanError as exc:
+        raise ManifestError(str(exc)) from None
+    return Anchor(name=name, manifest=manifest, **fields)
 
 
 def load_manifest(path: str | Path) -> dict[str, Anchor]:

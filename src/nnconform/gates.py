@@ -46,13 +46,21 @@ class GateResult:
 
 @functools.lru_cache(maxsize=8)
 def _load_tiers(path: Path) -> dict[str, Tier]:
-    data = read_toml(path)
-    tiers = {}
-    for name, spec in data.get("tiers", {}).items():
-        try:
-            tiers[name] = Tier(name=name, **spec)
-        except TypeError as exc:
-            raise ValueError(f"{path}: tiers.{name}: {exc}") from None
+    from .kit.plan import PlanError, Table
+
+    try:
+        root = Table(read_toml(path), str(path))
+        tiers_table = root.table("tiers", {})
+        tiers = {}
+        for name in list(tiers_table.data):
+            t = tiers_table.table(name)
+            tiers[name] = Tier(name=name, relative_margin=t.float("relative_margin", min=0, max=1),
+                               require_no_significant_drop=t.bool("require_no_significant_drop"),
+                               rationale=t.str("rationale"))
+            t.done()
+        root.done()
+    except PlanError as exc:
+        raise ValueError(str(exc)) from None
     if not tiers:
         raise ValueError(f"{path}: no [tiers.*] tables")
     return tiers
