@@ -1,7 +1,10 @@
 """The evaluation engine: batched, deterministic inference with an on-disk result cache.
 
-A result is keyed by content fingerprints: the module's class and exact state, the dataset's
-fingerprint, the preprocessing and the batch size. Parametrized cases that evaluate the same
+A result is keyed by content fingerprints: what the model computes (every submodule's class with
+the sha256 of its source file, every tensor it holds and every other attribute, see
+:mod:`nnconform.model_identity`; never the module's identity or registered state alone), the
+dataset's fingerprint, the preprocessing and the batch size. A model whose content cannot be read
+as data (a closure, an arbitrary object) is evaluated every time and never cached. Parametrized cases that evaluate the same
 model on the same data share one forward pass. Entries live in a :class:`~nnconform.store.ContentStore`
 (``<cache>/eval/<key>/``): published atomically, safe under concurrent runs, and every byte verified
 on read; a corrupt entry is warned about, recomputed and replaced, never trusted.
@@ -19,7 +22,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 
 from .data import ImageDataset, Preprocess
-from .hashing import module_sha256, sha256_bytes
+from .hashing import sha256_bytes
+from .model_identity import Uncacheable, model_content_sha256
 from .store import ContentStore
 
 ENGINE_VERSION = "1"
@@ -73,8 +77,9 @@ def forward_logits(model: torch.nn.Module, dataset: ImageDataset, preprocess: Pr
 
 
 def cache_key(model: torch.nn.Module, dataset: ImageDataset, preprocess: Preprocess, batch_size: int) -> str:
-    """The content fingerprint of one evaluation."""
-    spec = {"engine": ENGINE_VERSION, "model": module_sha256(model), "dataset": dataset.fingerprint,
+    """The content fingerprint of one evaluation; :class:`~nnconform.model_identity.Uncacheable` when the
+    model's content cannot be fingerprinted."""
+    spec = {"engine": ENGINE_VERSION, "model": model_content_sha256(model), "dataset": dataset.fingerprint,
             "preprocess": preprocess.to_dict(), "batch_size": batch_size, "torch": torch.__version__}
     return sha256_bytes(json.dumps(spec, sort_keys=True).encode())
 
@@ -88,6 +93,8 @@ class Evaluator:
         self.batch_size = batch_size
         self._memory: dict[str, EvalResult] = {}
         self.hits = self.misses = self.recomputed = 0
+        #: why models were evaluated without the cache (one line each, for the report)
+        self.uncached: list[str] = []
 
     def _read(self, key: str, num_samples: int) -> EvalResult | None:
         assert self.store is not None
@@ -115,7 +122,13 @@ class Evaluator:
 
     def evaluate(self, model: torch.nn.Module, dataset: ImageDataset, preprocess: Preprocess) -> EvalResult:
         """Logits and correctness of ``model`` on ``dataset``; one forward pass per distinct content."""
-        key = cache_key(model, dataset, preprocess, self.batch_size)
+        try:
+            key = cache_key(model, dataset, preprocess, self.batch_size)
+        except Uncacheable as exc:  # never risk another model's logits: compute, keep nothing
+            self.misses += 1
+            self.uncached.append(str(exc))
+            return EvalResult(forward_logits(model, dataset, preprocess, self.batch_size), dataset.labels.clone(),
+                              f"uncached: {exc}")
         if key in self._memory:
             self.hits += 1
             return self._memory[key]

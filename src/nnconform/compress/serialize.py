@@ -227,6 +227,9 @@ class OnnxModule(nn.Module):
     onnxruntime 1.32 an AIMET W8A8 LeNet-5 export gives logits off by up to 9.3 that way).
     """
 
+    #: built from ``onnx_bytes`` on first use: not part of what the module computes (nnconform.model_identity)
+    __nnconform_derived__ = ("_session",)
+
     def __init__(self, onnx_bytes: bytes, input_name: str | None = None, optimization: str = "all") -> None:
         super().__init__()
         if optimization not in _ORT_LEVELS:
