@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.nnconform-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup lock conformance test benchmark zoo clean-cache
+.PHONY: setup lock conformance test benchmark zoo clean-cache docs
 
 $(STAMP): pyproject.toml requirements.lock scripts/setup.sh
 	bash scripts/setup.sh
@@ -33,6 +33,11 @@ benchmark: $(STAMP)
 ## Rewriting the committed weights is deliberate: python -m nnconform.zoo build --force.
 zoo: $(STAMP)
 	$(PY) -m nnconform.zoo compare --into .cache/zoo-rebuild --force
+
+## The documentation site, offline, into site/: regenerates docs/reference/ from the code, then mkdocs --strict.
+docs: $(STAMP)
+	$(PY) -m nnconform.docs
+	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 clean-cache:
 	rm -rf .cache/nnconform

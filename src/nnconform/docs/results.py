@@ -1,0 +1,59 @@
+"""A run's ``results.json`` read for the reference pages: the latest measured figures of each method."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def read_results(path: str | Path) -> dict:
+    """The parsed ``results.json``; a ValueError naming the file when it is not a run's results."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable results.json ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("records"), list):
+        raise ValueError(f"{path}: no 'records' list; give a run's results.json")
+    return data
+
+
+def _labels(kind: str) -> dict[str, str]:
+    """Operating-point label -> method name, for the criteria whose record subjects carry only the label."""
+    if kind == "update-codec":
+        from ..updates.plan import load_plan
+
+        return {p.label: p.codec for p in load_plan().points}
+    from ..split.plan import load_plan
+
+    return {p.label: p.codec for p in load_plan().points}
+
+
+def method_results(results: dict, kind: str, name: str) -> list[list]:
+    """Rows (subject, status, figures) of the records that measure method ``name`` of ``kind``."""
+    rows = []
+    records = results.get("records", [])
+    if kind == "compressor":
+        for r in records:
+            parts = r["subject"].split("/")
+            if r["check_id"] == "compression.accuracy" and len(parts) >= 2 and parts[1] == name:
+                m = (r.get("details") or {}).get("metrics") or {}
+                rows.append([r["subject"], r["status"], m.get("bytes"), m.get("compression_ratio"),
+                             m.get("macs"), m.get("acc_ref"), m.get("acc"), m.get("best_tier")])
+        return sorted(rows, key=lambda row: row[0])
+    labels = _labels(kind)
+    check = "updates.accuracy" if kind == "update-codec" else "split.codec_accuracy"
+    for r in records:
+        label = r["subject"].rsplit("/", 1)[-1]
+        if r["check_id"] == check and labels.get(label) == name:
+            d = r.get("details") or {}
+            size = d.get("bytes") if kind == "update-codec" else d.get("bits_per_sample")
+            rows.append([r["subject"], r["status"], size, r.get("measured"), r.get("expected")])
+    return sorted(rows, key=lambda row: row[0])
+
+
+RESULT_HEADERS = {
+    "compressor": ["case", "status", "bytes", "ratio", "MACs", "anchor top-1", "top-1", "best tier"],
+    "update-codec": ["case", "status", "payload bytes", "top-1", "expected"],
+    "feature-codec": ["case", "status", "bits per sample", "top-1", "expected"],
+}
