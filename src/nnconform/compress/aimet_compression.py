@@ -303,7 +303,27 @@ def _stats_dict(stats) -> dict:
 
 @register_method("compressor", "aimet-ssvd")
 class AimetSpatialSvd(AimetCompressor):
-    """AIMET spatial SVD (auto mode, greedy selection, MAC cost)."""
+    """AIMET spatial SVD (auto mode, greedy selection, MAC cost).
+
+    Spatial SVD factorizes each k x k convolution into a k x 1 convolution to a chosen number of
+    intermediate channels (the rank) followed by a 1 x k convolution, the low-rank expansion of
+    Jaderberg, Vedaldi and Zisserman, "Speeding up Convolutional Neural Networks with Low Rank
+    Expansions" (BMVC 2014), as AIMET implements it (Qualcomm AIMET user guide, "Spatial SVD"). In
+    auto mode AIMET's greedy compression-ratio selection scores each layer at ``num_candidates``
+    ratios with the eval callback and picks per-layer ratios that reach ``target_ratio`` of the
+    model's MACs at the least loss of score. nnconform then checks the decoded model's MACs
+    (``compression.target_reached``) and its accuracy against the anchor.
+    """
+
+    reference = """ModelCompressor.compress_model(model, eval_callback=<top-1 on the first eval_samples images of the
+    calibration list>, eval_iterations=1, input_shape=(1, *anchor.input_shape), compress_scheme=CompressionScheme.spatial_svd,
+    cost_metric=CostMetric.mac (cost_metric="memory": CostMetric.memory), parameters=SpatialSvdParameters(
+    SpatialSvdParameters.Mode.auto, SpatialSvdParameters.AutoModeParams(GreedySelectionParameters(
+    target_comp_ratio=Decimal(target_ratio), num_comp_ratio_candidates=num_candidates,
+    use_monotonic_fit=use_monotonic_fit, saved_eval_scores_dict=<cached per-layer scores, or None>),
+    modules_to_ignore=<the modules named in ignore>), multiplicity=multiplicity))
+
+Run in a private temporary folder; fine-tuned afterwards when ``finetune_epochs`` > 0."""
 
     @dataclass(frozen=True)
     class Config(AimetCompressionConfig):
@@ -320,7 +340,26 @@ class AimetSpatialSvd(AimetCompressor):
 
 @register_method("compressor", "aimet-wsvd")
 class AimetWeightSvd(AimetCompressor):
-    """AIMET weight SVD (auto mode, greedy rank selection, MAC cost)."""
+    """AIMET weight SVD (auto mode, greedy rank selection, MAC cost).
+
+    Weight SVD replaces each convolution or linear layer by two: the first with the layer's kernel and
+    a chosen number of output channels (the rank), the second a 1 x 1 convolution (or linear layer)
+    back to the original channels, from the truncated SVD of the weight matrix. This is the
+    low-rank decomposition of Zhang, Zou, He and Sun, "Accelerating Very Deep Convolutional Networks
+    for Classification and Detection" (IEEE TPAMI 2016), as AIMET implements it (AIMET user guide,
+    "Weight SVD"); ranks are chosen per layer by AIMET's greedy selection to reach ``target_ratio``
+    of the MACs.
+    """
+
+    reference = """ModelCompressor.compress_model(model, eval_callback=<top-1 on the first eval_samples images of the
+    calibration list>, eval_iterations=1, input_shape=(1, *anchor.input_shape), compress_scheme=CompressionScheme.weight_svd,
+    cost_metric=CostMetric.mac (cost_metric="memory": CostMetric.memory), parameters=WeightSvdParameters(
+    WeightSvdParameters.Mode.auto, WeightSvdParameters.AutoModeParams(RankSelectScheme.greedy,
+    GreedySelectionParameters(target_comp_ratio=Decimal(target_ratio), num_comp_ratio_candidates=num_candidates,
+    use_monotonic_fit=use_monotonic_fit, saved_eval_scores_dict=<cached scores, or None>),
+    modules_to_ignore=<the modules named in ignore>), multiplicity=multiplicity))
+
+Run in a private temporary folder; fine-tuned afterwards when ``finetune_epochs`` > 0."""
 
     @dataclass(frozen=True)
     class Config(AimetCompressionConfig):
@@ -338,7 +377,28 @@ class AimetWeightSvd(AimetCompressor):
 
 @register_method("compressor", "aimet-cp")
 class AimetChannelPruning(AimetCompressor):
-    """AIMET channel pruning (auto mode, greedy selection, MAC cost, reconstruction on calibration)."""
+    """AIMET channel pruning (auto mode, greedy selection, MAC cost, reconstruction on calibration).
+
+    Channel pruning removes input channels of each convolution (and the matching output channels of
+    the layer feeding it), choosing the channels to keep and then reconstructing the remaining
+    weights by least squares so that the layer's output on sampled feature-map positions stays as
+    close as possible to the original's: the method of He, Zhang and Sun, "Channel Pruning for
+    Accelerating Very Deep Neural Networks" (ICCV 2017), as AIMET implements it (AIMET user guide,
+    "Channel Pruning": channel selection, winnowing, weight reconstruction). Per-layer ratios come
+    from AIMET's greedy selection to reach ``target_ratio`` of the MACs.
+    """
+
+    reference = """ModelCompressor.compress_model(model, eval_callback=<top-1 on the first eval_samples images of the
+    calibration list>, eval_iterations=1, input_shape=(1, *anchor.input_shape), compress_scheme=CompressionScheme.channel_pruning,
+    cost_metric=CostMetric.mac (cost_metric="memory": CostMetric.memory), parameters=ChannelPruningParameters(
+    <calibration loader: batches of batch_size training images>, num_reconstruction_samples=reconstruction_samples,
+    allow_custom_downsample_ops=False, mode=ChannelPruningParameters.Mode.auto,
+    params=ChannelPruningParameters.AutoModeParams(GreedySelectionParameters(target_comp_ratio=Decimal(target_ratio),
+    num_comp_ratio_candidates=num_candidates, use_monotonic_fit=use_monotonic_fit,
+    saved_eval_scores_dict=<cached scores, or None>), modules_to_ignore=<the modules named in ignore>),
+    multiplicity=multiplicity))
+
+Run in a private temporary folder; fine-tuned afterwards when ``finetune_epochs`` > 0."""
 
     @dataclass(frozen=True)
     class Config(AimetCompressionConfig):

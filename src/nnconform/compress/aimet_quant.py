@@ -139,7 +139,42 @@ def describe_cle(effect: dict | None) -> str:
 
 @register_method("compressor", "aimet-quant")
 class AimetQuantCompressor(Compressor):
-    """AIMET QuantSim PTQ (BN fold + CLE with high-bias fold + tf_enhanced, optional AdaRound), as QDQ ONNX."""
+    """AIMET QuantSim PTQ (BN fold + CLE with high-bias fold + tf_enhanced, optional AdaRound), as QDQ ONNX.
+
+    Post-training quantization as the AIMET model zoo applies it, in four steps. *Batch-norm folding*
+    merges each BatchNorm into the preceding convolution's weights and bias. *Cross-layer
+    equalization* (CLE) rescales the output channels of one layer and the input channels of the next
+    so both have balanced per-channel ranges, then *high-bias fold* moves large biases into the next
+    layer: Nagel, van Baalen, Blankevoort and Welling, "Data-Free Quantization Through Weight
+    Equalization and Bias Correction" (ICCV 2019). *QuantSim* (AIMET's quantization simulation) inserts
+    quantizers for weights (``param_bw`` bits) and activations (``output_bw`` bits) and computes their
+    encodings on calibration images, ``tf_enhanced`` choosing ranges by minimizing quantization error
+    (AIMET white paper: Siddegowda et al., "Neural Network Quantization with AI Model Efficiency
+    Toolkit (AIMET)", arXiv:2201.08442; Nagel et al., "A White Paper on Neural Network Quantization",
+    arXiv:2106.08295). *AdaRound* (``adaround``), for low-bit weights, learns per weight whether to
+    round up or down, layer by layer on calibration data: Nagel, Amjad, van Baalen, Louizos and
+    Blankevoort, "Up or Down? Adaptive Rounding for Post-Training Quantization" (ICML 2020). The
+    artifact is AIMET's own QDQ ONNX export (int8/int4 weights), decoded by onnxruntime.
+    """
+
+    reference = """1. `prepared = aimet_torch.model_preparer.prepare_model(model)`
+2. `folded = aimet_torch.batch_norm_fold.fold_all_batch_norms(prepared, input_shapes=(1, *anchor.input_shape),
+   dummy_input=x)` (BN fold)
+3. when `cle`: `aimet_torch.cross_layer_equalization.equalize_bn_folded_model(prepared, None, folded,
+   dummy_input=x)` (cross-layer scaling, then high-bias fold with the folded pairs; what it did is recorded)
+4. when `adaround`: `Adaround.apply_adaround(prepared, x, AdaroundParameters(<loader of adaround_samples
+   calibration images in batches of batch_size>, num_batches=ceil(adaround_samples / batch_size),
+   default_num_iterations=adaround_iterations or None (AIMET: 15,000 below 8-bit weights, 10,000 otherwise),
+   default_reg_param=adaround_reg_param), path=<private folder>, filename_prefix="adaround",
+   default_param_bw=param_bw, default_quant_scheme=QuantScheme.<quant_scheme>)`
+5. `sim = QuantizationSimModel(prepared, dummy_input=x, quant_scheme=QuantScheme.<quant_scheme>,
+   default_param_bw=param_bw, default_output_bw=output_bw)`; with AdaRound,
+   `sim.load_encodings(<AdaRound's parameter encodings>, strict=True, partial=True, requires_grad=False,
+   allow_overwrite=False)`
+6. `sim.compute_encodings(<forward passes over calibration_samples images in batches of batch_size>)`
+7. `aimet_torch.onnx.export(sim.model, (x,), "model.onnx", prequantize_constants=True, opset_version=21 for W4
+   or A16 else 13, dynamo=False)`: the artifact (AIMET's JSON encodings, exported by `sim.onnx.export`, are
+   checked against the graph and shipped only with `include_encodings`)."""
 
     #: The ONNX graph stores int32 biases where QuantSim keeps float ones, and onnxruntime rounds its
     #: requantizations its own way: logits differ by a few output quantization steps (0.5% of the logit

@@ -60,7 +60,17 @@ def _quiet():
 
 @register_method("compressor", "nnc")
 class NncCompressor(Compressor):
-    """MPEG NNC weight coding (nncodec 2.x): the bitstream is the artifact."""
+    """MPEG NNC weight coding (nncodec 2.x): the bitstream is the artifact.
+
+    Neural Network Coding, ISO/IEC 15938-17:2022 (MPEG-7 part 17, "Compression of neural networks for
+    multimedia content description and analysis"), through Fraunhofer HHI's reference software NNCodec
+    (``nncodec``). Each weight tensor is uniformly quantized with a step size set by the quantization
+    parameter ``qp`` (step about 2^(qp/4); more negative is finer), 1-D tensors (biases, norms) with
+    the finer ``nonweight_qp``; the integer levels are entropy-coded by DeepCABAC, the context-adaptive
+    binary arithmetic coder of Wiedemann et al., "DeepCABAC: A Universal Compression Algorithm for Deep
+    Neural Networks" (IEEE JSTSP 2020). The artifact is the NNC bitstream itself; decoding it with
+    NNCodec gives the model nnconform evaluates.
+    """
 
     description = "MPEG NNC (ISO/IEC 15938-17) uniform quantization + DeepCABAC via nncodec"
 

@@ -67,7 +67,16 @@ def fresh_tree() -> dict:
 
 @kit.register_method(KIND, "nnc")
 class NNCDeltaCodec:
-    """Lossy NNC coding of the float deltas (DeepCABAC, dependent quantization, incremental mode)."""
+    """Lossy NNC coding of the float deltas (DeepCABAC, dependent quantization, incremental mode).
+
+    Model updates as ISO/IEC 15938-17 (NNC) codes them: the difference between the target and the
+    base checkpoint is coded as an incremental update (the standard's parameter update tree, PUT,
+    with the NDUs marked as differential), each weight delta quantized with ``qp`` (dependent,
+    trellis-coded quantization when ``use_dq``) and the levels entropy-coded by DeepCABAC; with a
+    kept update tree, temporal context adaptation (``tca``) lets each update's contexts start from
+    the previous one's. Coded through Fraunhofer HHI's NNCodec, the reference software of the
+    standard; see the module docstring for when TCA engages.
+    """
 
     lossless: ClassVar[bool] = False
 
