@@ -19,6 +19,7 @@ from .. import kit
 from ..gates import get_tier
 from ..hashing import module_sha256
 from ..records import CheckRecord, Status, gate
+from ..suspicious_gain import flag, suspicious_gain
 from .base import Artifact, CompressionContext
 from .metrics import CompressionMetrics
 
@@ -141,6 +142,8 @@ def check_accuracy(subject: str, metrics: CompressionMetrics, claimed_tier: str 
                f"{metrics.delta_ci95[0]:+.4f}..{metrics.delta_ci95[1]:+.4f}), agreement {metrics.agreement:.4f}, "
                f"{metrics.bytes} bytes ({metrics.compression_ratio:.2f}x smaller), best tier met: "
                f"{metrics.best_tier or 'none'}")
+    # significantly better than the anchor: flagged (details and message), never a pass or fail by itself
+    summary = flag(d, summary, suspicious_gain(metrics.delta_ci95, metrics.acc_ref, claimed_tier))
     if smoke:
         return CheckRecord("compression.accuracy", subject, Status.INFO, measured=metrics.agreement,
                            expected=claimed_tier, message=f"SMOKE CHECK on {metrics.samples} images, accuracy not "

@@ -53,7 +53,22 @@ def section(ctx: ReportContext) -> str:
                               for r in shown]), ""]
         else:
             out += ["No case of this proposal ran (see the skipped cases of its criteria).", ""]
+        out += _suspicious([r for r in ctx.records if _proposal_of(r) == p.name])
     return "\n".join(out)
+
+
+def _suspicious(records) -> list[str]:
+    """Lines flagging results significantly better than their reference (``details.suspicious_gain``)."""
+    flagged = [r for r in records if (r.details or {}).get("suspicious_gain")]
+    if not flagged:
+        return []
+    return ["**Suspicious gains**: significantly better than the reference, beyond the tier margin (a lossy "
+            "method rarely is; ask whether it was tuned on the evaluation data):", "",
+            md_table(["check", "operating point", "gain 95% CI", "margin"],
+                     [[r.check_id, r.subject,
+                       "{:+.4f}..{:+.4f}".format(*r.details["suspicious_gain"]["delta_ci95"]),
+                       f"{r.details['suspicious_gain']['margin']:.4f} ({r.details['suspicious_gain']['tier']})"]
+                      for r in flagged]), ""]
 
 
 def summary(ctx: ReportContext) -> str:

@@ -16,6 +16,7 @@ from .. import kit
 from ..gates import best_tier_met, load_tiers, non_inferiority
 from ..records import CheckRecord, Status, gate
 from ..stats import paired_comparison
+from ..suspicious_gain import flag, suspicious_gain
 from .bdrate import bd_rate, upper_envelope
 from .catalogue import UPDATE_COMMAND, CatalogueEntry
 from .cuts import SplitGraph
@@ -253,6 +254,8 @@ def codec_records(anchor: str, cut: str, point, study) -> list[CheckRecord]:
                "comparison": comparison.to_dict(), "dataset": study.dataset, "smoke": study.smoke}
     summary = (f"{r.bits_per_sample:.0f} bits/sample ({r.bits_per_sample / details['raw_bits']:.2%} of fp32), "
                f"top-1 {r.top1:.4f} vs {study.ref_top1:.4f}, agreement {r.agreement:.4f}")
+    # significantly better than the uncoded model: flagged in details and message, never a verdict by itself
+    summary = flag(details, summary, suspicious_gain(comparison.delta_ci95, comparison.acc_ref, point.claimed_tier))
     records = []
     if point.lossless:
         same = torch.equal(r.logits, study.ref_logits)

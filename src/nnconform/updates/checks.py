@@ -18,6 +18,7 @@ from ..hashing import state_dict_sha256
 from ..kit import PayloadError
 from ..records import CheckRecord, Status, gate
 from ..stats import paired_comparison
+from ..suspicious_gain import flag, suspicious_gain
 from .codec import BaseMismatchError, UpdateCodec, apply_update
 from .compare import CheckpointComparison, LayerChange, summarize_changes
 from .payload import FORMAT_VERSION, PayloadVersionError
@@ -156,6 +157,8 @@ def check_update_accuracy(subject: str, *, target_correct, recon_correct, claim:
                "agreement": agreement, "claim": claim, "best_tier_met": best_tier_met(comp), **comp.to_dict(),
                **(extra or {})}
     size = f"{update_bytes} bytes ({update_bytes / full_bytes:.2%} of the full checkpoint)"
+    # significantly better than the target: flagged in details and message, never a verdict by itself
+    size = flag(details, size, suspicious_gain(comp.delta_ci95, comp.acc_ref, claim))
     if claim is None:
         return CheckRecord("updates.accuracy", subject, Status.INFO, measured=comp.acc_new, expected=comp.acc_ref,
                            criterion=CRITERION, details=details,
