@@ -35,6 +35,14 @@ def generate(results: dict | None = None) -> dict[str, str]:
     from .datasets_page import datasets_page
     from .methods_page import methods_page
 
+    import importlib
+
+    from ..kit import catalogue
+
+    # every module that registers methods or check ids, imported before any page is written: the proposal
+    # package registers the `submitted-artifact` compressor, so a page must not depend on import order
+    catalogue()
+    importlib.import_module("nnconform.proposal")
     anchors = all_anchors()
     return {"anchors.md": anchors_page(anchors),
             "datasets.md": datasets_page(anchors, (results or {}).get("datasets")),

@@ -37,6 +37,8 @@ def entry_heading(level: int, title: str, kind: str, *parts: str) -> list[str]:
 def docstring(obj: Any) -> str:
     """``obj``'s own docstring, dedented (empty when it has none of its own)."""
     doc = obj.__dict__.get("__doc__") if isinstance(obj, type) else getattr(obj, "__doc__", None)
+    if isinstance(obj, type) and doc and doc.startswith(f"{obj.__name__}("):
+        return ""  # the signature dataclasses write when a class has no docstring of its own
     return inspect.cleandoc(doc) if doc else ""
 
 

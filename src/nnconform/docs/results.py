@@ -57,3 +57,22 @@ RESULT_HEADERS = {
     "update-codec": ["case", "status", "payload bytes", "top-1", "expected"],
     "feature-codec": ["case", "status", "bits per sample", "top-1", "expected"],
 }
+
+
+def methods_in_records(records: list[dict]) -> list[tuple[str, str]]:
+    """``(kind, method)`` of every method a run's records measured (sorted): compression subjects name the
+    method; update and split subjects end in an operating-point label, looked up in the committed plans."""
+    found = set()
+    try:
+        labels = {"update-codec": _labels("update-codec"), "feature-codec": _labels("feature-codec")}
+    except Exception:  # a plan that does not load is reported by its own criterion; no links then
+        labels = {"update-codec": {}, "feature-codec": {}}
+    for r in records:
+        check, parts = r.get("check_id", ""), r.get("subject", "").split("/")
+        if check == "compression.accuracy" and len(parts) >= 2:
+            found.add(("compressor", parts[1]))
+        elif check == "updates.accuracy" and parts[-1] in labels["update-codec"]:
+            found.add(("update-codec", labels["update-codec"][parts[-1]]))
+        elif check == "split.codec_accuracy" and parts[-1] in labels["feature-codec"]:
+            found.add(("feature-codec", labels["feature-codec"][parts[-1]]))
+    return sorted(found)

@@ -38,6 +38,32 @@ def _criteria(run) -> list[str]:
     return seen
 
 
+def reference_base(run, run_dir: Path | None = None) -> str | None:
+    """Where the report finds the reference pages (``docs/reference/``), relative to the run's folder, or None.
+
+    The report links each anchor, dataset, method and check id to its entry there (see
+    :func:`nnconform.docs.links.reference_base`: a clone's pages, or ``NNCONFORM_DOCS_URL``).
+    """
+    from ..docs.links import reference_base as base_for
+
+    if run_dir is None:
+        report_dir = getattr(getattr(run, "config", None), "report_dir", None)
+        if report_dir is None:
+            return None
+        run_dir = Path(report_dir) / str(run.run_id)
+    try:
+        return base_for(run_dir)
+    except (OSError, ValueError):  # no common root (another drive): the report reads without links
+        return None
+
+
+def ref_link(text: str, base: str | None, kind: str, *parts: str) -> str:
+    """``text`` as a Markdown link to its reference entry (plain ``text`` without a base)."""
+    from ..docs.links import entry_href
+
+    return f"[{text}]({entry_href(kind, *parts, base=base)})" if base else text
+
+
 def verdict_lines(run, results: dict) -> list[str]:
     """The verdict block: status and counts, why it is not a pass, failures, skips by reason."""
     v = results["verdict"]
@@ -83,17 +109,26 @@ def executive_summary(run, summaries: dict[str, str]) -> list[str]:
     return lines
 
 
-def detail_lines(run, results: dict, sections: dict[str, str]) -> list[str]:
-    """Anchors, datasets and tiers, then each criterion's own section, then latency."""
+def detail_lines(run, results: dict, sections: dict[str, str], base: str | None = None) -> list[str]:
+    """Anchors, datasets, methods and tiers, then each criterion's own section, then latency (names link to their
+    reference entries when ``base`` is given)."""
+    from ..docs.results import methods_in_records
+
+    methods = methods_in_records(results.get("records", []))
     lines = ["## Details", "", "### Anchors", "",
              md_table(["anchor", "family", "dataset", "params", "MACs", "documented top-1", "weights", "sha256"],
-                      [[n, a["family"], a["dataset"], a["num_params"], a["macs"], a["metrics"].get("top1"),
+                      [[ref_link(n, base, "anchor", n), a["family"], ref_link(a["dataset"], base, "dataset", a["dataset"]),
+                        a["num_params"], a["macs"], a["metrics"].get("top1"),
                         a["weights"], a["sha256"]] for n, a in run.anchors_used.items()]),
              "", "### Datasets", "",
              md_table(["dataset", "samples", "fingerprint (sha256)", "source", "kind"],
-                      [[n, d["samples"], d["fingerprint"], d["source"], "smoke set" if d["smoke"] else "evaluation"]
-                       for n, d in run.datasets_used.items()]),
-             "", "### Accuracy tiers", ""]
+                      [[ref_link(n, base, "dataset", n), d["samples"], d["fingerprint"], d["source"],
+                        "smoke set" if d["smoke"] else "evaluation"] for n, d in run.datasets_used.items()]),
+             ""]
+    if methods:
+        lines += ["### Methods", "", "What each method does, its config and its operating points: "
+                  + ", ".join(ref_link(f"`{m}`", base, "method", k, m) + f" ({k})" for k, m in methods) + ".", ""]
+    lines += ["### Accuracy tiers", ""]
     tiers = results["tiers"]
     if "error" in tiers:
         lines.append(tiers["error"])
@@ -128,7 +163,7 @@ def _explain(check_id: str, checks: dict[str, dict[str, str]]) -> str:
 _NOT_OK = ("fail", "error")
 
 
-def records_markdown(run, results: dict) -> list[str]:
+def records_markdown(run, results: dict, base: str | None = None) -> list[str]:
     """The check records for ``summary.md``: each check id explained with its counts, then every
     failing record in full (passing records are in ``results.json``)."""
     groups = _groups(run)
@@ -140,7 +175,7 @@ def records_markdown(run, results: dict) -> list[str]:
     for criterion, by_id in groups.items():
         for check_id, recs in by_id.items():
             n = Counter(r.status.value for r in recs)
-            rows.append([check_id, _explain(check_id, checks), n["pass"], n["fail"], n["error"], n["skip"], n["info"]])
+            rows.append([ref_link(check_id, base, "check", check_id), _explain(check_id, checks), n["pass"], n["fail"], n["error"], n["skip"], n["info"]])
     lines += [md_table(["check", "what it checks", "pass", "fail", "error", "skip", "info"], rows), ""]
     bad = [r for by_id in groups.values() for recs in by_id.values() for r in recs if r.status.value in _NOT_OK]
     if bad:
@@ -155,7 +190,7 @@ def _cell(value: Any) -> str:
     return html.escape(fmt(value))
 
 
-def records_html(run, results: dict) -> str:
+def records_html(run, results: dict, base: str | None = None) -> str:
     """Every record, one collapsible ``<details>`` per criterion and check id (open when it failed)."""
     checks = results.get("checks", {})
     out = ['<h2 id="check-records">Check records</h2>',
@@ -170,7 +205,12 @@ def records_html(run, results: dict) -> str:
                 f'<tr><td>{_cell(r.subject)}</td><td class="s-{r.status.value}">{r.status.value.upper()}</td>'
                 f"<td>{_cell(r.measured)}</td><td>{_cell(r.expected)}</td><td>{_cell(r.tolerance)}</td>"
                 f"<td>{_cell(r.message)}</td></tr>" for r in recs)
-            out.append(f"<details{is_open}><summary><code>{html.escape(check_id)}</code>: "
+            code = f"<code>{html.escape(check_id)}</code>"
+            if base:
+                from ..docs.links import entry_href
+
+                code = f'<a href="{html.escape(entry_href("check", check_id, base=base))}">{code}</a>'
+            out.append(f"<details{is_open}><summary>{code}: "
                        f"{html.escape(_explain(check_id, checks))} ({counts})</summary>"
                        "<table><thead><tr><th>subject</th><th>status</th><th>measured</th><th>expected</th>"
                        f"<th>tolerance</th><th>message</th></tr></thead><tbody>{rows}</tbody></table></details>")
@@ -187,12 +227,13 @@ def environment_lines(results: dict) -> list[str]:
 
 def render_summary(run, results: dict, sections: dict[str, str], summaries: dict[str, str]) -> str:
     """``summary.md``: readable on its own, results first, records last."""
+    base = reference_base(run)
     lines = [f"# nnconform conformance report: run {run.run_id}", ""]
     lines += verdict_lines(run, results)
     lines += [run_table(run, results), ""]
     lines += executive_summary(run, summaries)
-    lines += detail_lines(run, results, sections)
-    lines += records_markdown(run, results)
+    lines += detail_lines(run, results, sections, base)
+    lines += records_markdown(run, results, base)
     lines += environment_lines(results)
     return "\n".join(lines)
 
@@ -240,8 +281,10 @@ def render_html(run, results: dict, sections: dict[str, str], summaries: dict[st
         return markdown.markdown("\n".join(lines), extensions=["tables"], output_format="html")
 
     front = [f"# nnconform conformance report: run {run.run_id}", ""] + verdict_lines(run, results)
-    front += [run_table(run, results), ""] + executive_summary(run, summaries) + detail_lines(run, results, sections)
-    body = "\n".join([md(front), records_html(run, results), md(environment_lines(results))])
+    base = reference_base(run, run_dir)
+    front += [run_table(run, results), ""] + executive_summary(run, summaries) + detail_lines(run, results, sections,
+                                                                                             base)
+    body = "\n".join([md(front), records_html(run, results, base), md(environment_lines(results))])
     body = _embed_images(body, run_dir)
     body = re.sub(r"<td>(PASS|FAIL|ERROR|SKIP|INFO)</td>",
                   lambda m: f'<td class="s-{m.group(1).lower()}">{m.group(1)}</td>', body)
