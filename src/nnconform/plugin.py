@@ -336,7 +336,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     skip means a file or package is missing, and a run that tested nothing must not pass. Skips the
     user chose by an option (timing cases under xdist or ``--benchmark-skip``) stay skips."""
     report = yield
-    if not report.skipped or not item.config.stash.get(_ACTIVE, False) or not _is_conformance_item(item):
+    if not item.config.stash.get(_ACTIVE, False) or not _is_conformance_item(item):
+        return report
+    point = _proposal_point(item)
+    if point is not None:
+        _verify_claims(item, report, point)
+        return report
+    if not report.skipped:
         return report
     callspec = getattr(item, "callspec", None)
     anchor = callspec.params.get("anchor_name") if callspec else None
@@ -351,6 +357,57 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
                        f"something is missing): {reason}")
     report.nnc_missing = True  # a failure of the case, whatever phase skipped (travels with xdist reports)
     return report
+
+
+def _proposal_point(item: pytest.Item):
+    """The proposal operating point a case runs (None for reference methods and anchors)."""
+    callspec = getattr(item, "callspec", None)
+    for value in (callspec.params.values() if callspec else ()):
+        if isinstance(getattr(value, "proposal", None), str) and value.proposal and hasattr(value, "claims"):
+            return value
+    return None
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    return str(reason).removeprefix("Skipped: ")
+
+
+def _verify_claims(item: pytest.Item, report: pytest.TestReport, point) -> None:
+    """A case of a proposal's point verifies its claims or fails: a skip (missing weights or data) or a claimed
+    tier that was only measured (a smoke set) becomes a failure with a ``proposal.claim_verified`` record naming
+    why. The case's records are tagged with the proposal (the report counts claims made and verified)."""
+    from .proposal.checks import claimed_tier_of, not_verified, skipped_reason, unverified_reason
+
+    own = [i for i, (name, _) in enumerate(report.user_properties) if name == RECORD_PROPERTY]
+    records = []
+    for i in own:
+        rec = record_from_property(report.user_properties[i][1])
+        if not (rec.details or {}).get("proposal"):
+            rec.details = {**(rec.details or {}), "proposal": point.proposal}
+            report.user_properties[i] = record_to_property(rec)
+            if i < len(item.user_properties) and item.user_properties[i][0] == RECORD_PROPERTY:
+                item.user_properties[i] = report.user_properties[i]
+        records.append(rec)
+    reason = None
+    if report.skipped:
+        skipped = _skip_reason(report)
+        if skipped in (XDIST_TIMING_SKIP, BENCHMARK_SKIP):
+            return  # chosen by an option, and a timing case claims nothing
+        reason = skipped_reason(skipped)
+    elif report.when == "call":
+        reason = unverified_reason(claimed_tier_of(point, item.callspec.params), records)
+    if reason is None:
+        return
+    rec = not_verified(item.callspec.id if hasattr(item, "callspec") else item.nodeid, point.proposal, reason,
+                       point=point.point_dict())
+    rec.nodeid = item.nodeid
+    entry = record_to_property(rec)
+    item.user_properties.append(entry)
+    report.user_properties.append(entry)
+    report.outcome = "failed"
+    report.longrepr = f"proposal.claim_verified: {rec.message}"
+    report.nnc_missing = True  # a failure of the case, whatever phase it happened in
 
 
 @pytest.fixture(scope="session")
@@ -444,6 +501,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int):
             run.stopped = str(session.shouldfail or session.shouldstop)
     if config.option.collectonly or not (run.records or _ran_conformance(run)):
         return result  # nothing ran: no verdict to give, no report to write
+    unverified = run.add_claims_records() if run.proposals and _ran_conformance(run) else []
+    if unverified and run.exitstatus == pytest.ExitCode.OK:
+        # a claim made and not verified fails the gate, even if no case failed
+        session.exitstatus = run.exitstatus = int(pytest.ExitCode.TESTS_FAILED)
     report_line = "report: not written (--nnc-no-report)"
     if run.config.write_report:
         report_line = _write_report(config, run)

@@ -268,6 +268,23 @@ class ConformanceSession:
             previous.duration += outcome.duration
         self.outcomes[outcome.nodeid].done = done
 
+    def add_claims_records(self) -> list[CheckRecord]:
+        """One ``proposal.claims`` record per valid proposal (claims made vs verified), added once at the end of
+        the run; returns the failing ones."""
+        from .proposal.checks import claims_record
+
+        if any(r.check_id == "proposal.claims" for r in self.records):
+            return []
+        added = [claims_record(p.name, self.records) for p in self.proposals if p.ok]
+        for rec in added:
+            rec.nodeid = "proposal claims"
+            self.add_record(rec)
+            for manifest in self.records:  # the manifest record reports claims made vs verified too
+                if manifest.check_id == "proposal.manifest" and manifest.subject == rec.subject:
+                    manifest.details = {**(manifest.details or {}), "claims_made": rec.expected,
+                                        "claims_verified": rec.measured}
+        return [r for r in added if not r.passed]
+
     def counts(self) -> dict[str, int]:
         """Cases by outcome; ``not_run``: selected cases that never finished (interrupted, stopped early)."""
         out = {"passed": 0, "failed": 0, "error": 0, "skipped": 0}
@@ -299,6 +316,9 @@ class ConformanceSession:
         incomplete = bool(reasons)
         if counts["failed"]:
             reasons.append(f"{counts['failed']} case(s) failed")
+        for rec in self.records:
+            if rec.check_id == "proposal.claims" and not rec.passed:
+                reasons.append(f"proposal {rec.subject!r}: {rec.message.split(chr(10))[0]}")
         if not reasons and self.exitstatus not in (None, 0):
             reasons.append(f"pytest ended with exit status {self.exitstatus}")
         status = INCOMPLETE if incomplete else FAIL if reasons else PASS

@@ -11,7 +11,7 @@ from . import SECTIONS, ReportContext, md_table
 
 #: Checks whose records are a proposal's claims or the gates its artifacts pass through.
 CLAIM_CHECKS = ("compression.accuracy", "compression.size_claim", "updates.accuracy", "updates.size_claim",
-                "updates.submitted_decode", "split.codec_accuracy")
+                "updates.submitted_decode", "split.codec_accuracy", "proposal.claim_verified", "proposal.claims")
 
 
 def _claim(record):

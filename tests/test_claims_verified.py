@@ -1,0 +1,46 @@
+"""Every claim is verified or the gate fails (issue 11 item 4), at the level of the records: a claimed tier that
+was only measured is not verified, a skip is not verified, and ``proposal.claims`` counts made vs verified. The
+end-to-end cases are the bad fixtures ``bad-claim-smoke-set`` and ``bad-claim-weights-missing``
+(tests/test_proposals.py)."""
+
+from __future__ import annotations
+
+from nnconform.kit import describe
+from nnconform.proposal.checks import claims_record, not_verified, unverified_reason
+from nnconform.records import CheckRecord, Status
+
+P = "some-proposal"
+
+
+def rec(check_id, status, subject="a/m/p", proposal=P, message="m"):
+    return CheckRecord(check_id, subject, status, message=message, details={"proposal": proposal})
+
+
+def test_the_check_ids_are_registered():
+    assert describe("proposal.claim_verified") and describe("proposal.claims")
+
+
+def test_a_claimed_tier_measured_on_a_smoke_set_is_not_verified():
+    smoke = rec("compression.accuracy", Status.INFO, message="SMOKE CHECK on 10 images, accuracy not gated: ...")
+    reason = unverified_reason("99%", [rec("compression.compress", Status.PASS), smoke])
+    assert reason and "'99%' was measured but not gated" in reason and "SMOKE CHECK on 10 images" in reason
+
+
+def test_a_gated_or_unclaimed_accuracy_needs_no_reason():
+    assert unverified_reason("99%", [rec("compression.accuracy", Status.PASS)]) is None
+    assert unverified_reason("99%", [rec("compression.accuracy", Status.FAIL)]) is None  # verified, and false
+    assert unverified_reason(None, [rec("compression.accuracy", Status.INFO)]) is None  # nothing claimed
+
+
+def test_claims_made_vs_verified():
+    records = [rec("compression.accuracy", Status.PASS, "x/1"), rec("compression.size_claim", Status.FAIL, "x/1"),
+               rec("compression.accuracy", Status.INFO, "x/3"),  # no claim: a measured point
+               rec("compression.accuracy", Status.PASS, "y/1", proposal="another-proposal")]
+    ok = claims_record(P, records)
+    assert ok.passed and (ok.measured, ok.expected) == (2, 2) and ok.details["claims_made"] == 2
+    records += [not_verified("x/2", P, "its case skipped (weights missing)"),
+                rec("compression.accuracy", Status.ERROR, "x/4", message="not evaluated: compression.decode failed")]
+    bad = claims_record(P, records)
+    assert not bad.passed and (bad.measured, bad.expected) == (2, 4)
+    assert "2 of 4 claim(s) verified; NOT verified: x/2" in bad.message and "weights missing" in bad.message
+    assert [n["subject"] for n in bad.details["not_verified"]] == ["x/2", "x/4"]
