@@ -23,7 +23,7 @@ conformance: $(STAMP)
 
 ## The self-tests plus the quick tier of the conformance suite (what CI runs).
 test: $(STAMP)
-	$(PY) -m pytest tests/ conformance/ --nnc-tier quick $(PYTEST_ARGS)
+	$(PY) -m pytest tests/ conformance/ --nnc-tier quick --nnc-golden tests/golden/quick.json $(PYTEST_ARGS)
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/bench_engine.py
