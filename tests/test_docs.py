@@ -121,7 +121,10 @@ def test_report_links_each_name_to_an_entry_that_exists(pages, tmp_path):
                                                           "sha256": "0" * 64}},
                           datasets_used={"fashion-mnist": {"samples": 1, "fingerprint": "f", "source": "s",
                                                            "smoke": False}})
-    results = {"tiers": {}, "checks": {}, "records": [{"check_id": rec.check_id, "subject": rec.subject}]}
+    from nnconform.kit import describe
+
+    results = {"tiers": {}, "checks": {rec.check_id: describe(rec.check_id).to_dict()},
+               "records": [{"check_id": rec.check_id, "subject": rec.subject}]}
     text = "\n".join(detail_lines(run, results, {}, base) + records_markdown(run, results, base))
     text += records_html(run, results, base)
     links = re.findall(r"\.\./\.\./docs/reference/(\w+\.md)#([\w.-]+)", text)
@@ -131,6 +134,9 @@ def test_report_links_each_name_to_an_entry_that_exists(pages, tmp_path):
     for page, anchor in links:  # every link resolves, from the run's folder, to an entry of the committed pages
         target = (run_dir / "../../docs/reference" / page).resolve()
         assert f'id="{anchor}"' in target.read_text(), (page, anchor)
+    # an id outside the catalogue has no entry: not linked
+    results["checks"] = {}
+    assert "](" not in "\n".join(records_markdown(run, results, base)) and "(reference)" not in records_html(run, results, base)
     # without a base (no clone, no NNCONFORM_DOCS_URL) the names are plain text
     assert "](" not in "\n".join(detail_lines(run, results, {}, None))
 

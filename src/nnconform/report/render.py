@@ -175,7 +175,8 @@ def records_markdown(run, results: dict, base: str | None = None) -> list[str]:
     for criterion, by_id in groups.items():
         for check_id, recs in by_id.items():
             n = Counter(r.status.value for r in recs)
-            rows.append([ref_link(check_id, base, "check", check_id), _explain(check_id, checks), n["pass"], n["fail"], n["error"], n["skip"], n["info"]])
+            rows.append([ref_link(check_id, base if check_id in checks else None, "check", check_id),
+                         _explain(check_id, checks), n["pass"], n["fail"], n["error"], n["skip"], n["info"]])
     lines += [md_table(["check", "what it checks", "pass", "fail", "error", "skip", "info"], rows), ""]
     bad = [r for by_id in groups.values() for recs in by_id.values() for r in recs if r.status.value in _NOT_OK]
     if bad:
@@ -206,10 +207,10 @@ def records_html(run, results: dict, base: str | None = None) -> str:
                 f"<td>{_cell(r.measured)}</td><td>{_cell(r.expected)}</td><td>{_cell(r.tolerance)}</td>"
                 f"<td>{_cell(r.message)}</td></tr>" for r in recs)
             code = f"<code>{html.escape(check_id)}</code>"
-            if base:
+            if base and check_id in checks:  # only catalogue ids have an entry to link to
                 from ..docs.links import entry_href
 
-                code = f'<a href="{html.escape(entry_href("check", check_id, base=base))}">{code}</a>'
+                code += f' <a href="{html.escape(entry_href("check", check_id, base=base))}">(reference)</a>'
             out.append(f"<details{is_open}><summary>{code}: "
                        f"{html.escape(_explain(check_id, checks))} ({counts})</summary>"
                        "<table><thead><tr><th>subject</th><th>status</th><th>measured</th><th>expected</th>"
