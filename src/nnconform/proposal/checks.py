@@ -1,4 +1,5 @@
-"""Every claim a proposal makes is verified, or the gate fails (issue 11 item 4).
+"""Every claim a proposal makes is verified, or the gate fails (issue 11 item 4), and the
+check ids of the proposal criterion (``proposal.manifest`` is the submission checker's).
 
 A proposal's operating point claims an accuracy tier and/or a size. The claim counts only when a
 gate actually judged it: the case ran to its end (no skip for missing weights or data), accuracy
@@ -23,6 +24,8 @@ ACCURACY_CLAIMS = ("compression.accuracy", "updates.accuracy", "split.codec_accu
 SIZE_CLAIMS = ("compression.size_claim", "updates.size_claim")
 CLAIM_CHECKS = ACCURACY_CLAIMS + SIZE_CLAIMS
 
+kit.register_check("proposal.manifest", "the proposal's manifest passes the submission checker (schema, anchors, "
+                   "tiers, registered methods, confined and pinned files); one FAIL record per problem", "pass-fail")
 kit.register_check("proposal.claim_verified", "a case of a proposal's operating point verified its claims: it ran "
                    "(no skip for missing weights or data), in this run, with its accuracy gated (not a smoke set); "
                    "fails 'not verified' naming why", "pass-fail")
