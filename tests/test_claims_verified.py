@@ -44,3 +44,19 @@ def test_claims_made_vs_verified():
     assert not bad.passed and (bad.measured, bad.expected) == (2, 4)
     assert "2 of 4 claim(s) verified; NOT verified: x/2" in bad.message and "weights missing" in bad.message
     assert [n["subject"] for n in bad.details["not_verified"]] == ["x/2", "x/4"]
+
+
+def test_a_claiming_point_none_of_whose_cases_ran_is_not_verified():
+    """A point deselected by the run's options (its run tier, --nnc-anchors, -k) made claims nobody checked."""
+    from nnconform.compress.plan import CompressionPoint
+    from nnconform.compress import compressor_class
+    from nnconform.proposal.checks import point_key
+
+    make = lambda label, tier: CompressionPoint(  # noqa: E731
+        "fmnist-lenet5", "fp16", compressor_class("fp16").Config(), label=label, claimed_tier=tier, proposal=P)
+    ran, skipped_over, measured = make("ran", "99%"), make("deselected", "99%"), make("measured", None)
+    records = [CheckRecord("compression.accuracy", ran.subject, Status.PASS,
+                           details={"proposal": P, "proposal_point": point_key(ran)})]
+    out = claims_record(P, records, [ran, skipped_over, measured])
+    assert not out.passed and (out.measured, out.expected) == (1, 2)
+    assert "no case of this point ran in this run" in out.message and skipped_over.id in out.message

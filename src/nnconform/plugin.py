@@ -377,14 +377,15 @@ def _verify_claims(item: pytest.Item, report: pytest.TestReport, point) -> None:
     """A case of a proposal's point verifies its claims or fails: a skip (missing weights or data) or a claimed
     tier that was only measured (a smoke set) becomes a failure with a ``proposal.claim_verified`` record naming
     why. The case's records are tagged with the proposal (the report counts claims made and verified)."""
-    from .proposal.checks import claimed_tier_of, not_verified, skipped_reason, unverified_reason
+    from .proposal.checks import claimed_tier_of, not_verified, point_key, skipped_reason, unverified_reason
 
     own = [i for i, (name, _) in enumerate(report.user_properties) if name == RECORD_PROPERTY]
     records = []
+    key = point_key(point)
     for i in own:
         rec = record_from_property(report.user_properties[i][1])
-        if not (rec.details or {}).get("proposal"):
-            rec.details = {**(rec.details or {}), "proposal": point.proposal}
+        if (rec.details or {}).get("proposal_point") != key:
+            rec.details = {**(rec.details or {}), "proposal": point.proposal, "proposal_point": key}
             report.user_properties[i] = record_to_property(rec)
             if i < len(item.user_properties) and item.user_properties[i][0] == RECORD_PROPERTY:
                 item.user_properties[i] = report.user_properties[i]
@@ -402,6 +403,7 @@ def _verify_claims(item: pytest.Item, report: pytest.TestReport, point) -> None:
     rec = not_verified(item.callspec.id if hasattr(item, "callspec") else item.nodeid, point.proposal, reason,
                        point=point.point_dict())
     rec.nodeid = item.nodeid
+    rec.details["proposal_point"] = key
     entry = record_to_property(rec)
     item.user_properties.append(entry)
     report.user_properties.append(entry)

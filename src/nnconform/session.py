@@ -275,7 +275,7 @@ class ConformanceSession:
 
         if any(r.check_id == "proposal.claims" for r in self.records):
             return []
-        added = [claims_record(p.name, self.records) for p in self.proposals if p.ok]
+        added = [claims_record(p.name, self.records, _points_of(p)) for p in self.proposals if p.ok]
         for rec in added:
             rec.nodeid = "proposal claims"
             self.add_record(rec)
@@ -327,6 +327,12 @@ class ConformanceSession:
         failures = tuple((o.nodeid, first_line(o.message)) for o in self.outcomes.values()
                          if o.outcome in ("failed", "error"))
         return Verdict(status, tuple(reasons), counts, tuple(skipped.most_common()), failures)
+
+
+def _points_of(proposal) -> list:
+    """Every operating point a checked proposal contributes, across criteria."""
+    return [pt for kind in ("compression", "compression_artifacts", "updates", "update_artifacts", "split")
+            for pt in getattr(proposal, kind, ())]
 
 
 def record_to_property(record: CheckRecord) -> tuple[str, str]:

@@ -70,11 +70,29 @@ def claimed_tier_of(point, params: dict) -> str | None:
     return getattr(point, "claimed_tier", None)
 
 
-def claims_record(proposal: str, records: Iterable[CheckRecord]) -> CheckRecord:
+def point_key(point) -> str:
+    """The key the plugin tags a proposal point's records with (``details["proposal_point"]``)."""
+    return f"{type(point).__name__}:{point.id}"
+
+
+def makes_claim(point) -> bool:
+    """Whether a point claims anything a gate must verify (a tier, on some pair kind, or a size)."""
+    return (getattr(point, "claimed_tier", None) is not None or getattr(point, "claimed_bytes", None) is not None
+            or any(t is not None for t in (getattr(point, "pair_claims", None) or {}).values()))
+
+
+def claims_record(proposal: str, records: Iterable[CheckRecord], points: Iterable = ()) -> CheckRecord:
     """``proposal.claims`` of one proposal from the run's records: a claim record gated PASS or FAIL is a
     verified claim; a ``proposal.claim_verified`` failure or a claim check that errored (not evaluated) is a
-    claim made and not verified."""
+    claim made and not verified, and so is each claiming point of ``points`` none of whose cases ran."""
+    records = list(records)
+    ran = {(r.details or {}).get("proposal_point") for r in records if _proposal_of(r) == proposal}
     verified, unverified = [], []
+    for point in points:
+        if makes_claim(point) and point_key(point) not in ran:
+            unverified.append(not_verified(point.id, proposal, "no case of this point ran in this run (deselected by "
+                                           "--nnc-tier, --nnc-anchors or -k): its claims were not checked",
+                                           point=point.point_dict()))
     for rec in records:
         if _proposal_of(rec) != proposal:
             continue
