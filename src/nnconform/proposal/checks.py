@@ -86,10 +86,14 @@ def claims_record(proposal: str, records: Iterable[CheckRecord], points: Iterabl
     verified claim; a ``proposal.claim_verified`` failure or a claim check that errored (not evaluated) is a
     claim made and not verified, and so is each claiming point of ``points`` none of whose cases ran."""
     records = list(records)
-    ran = {(r.details or {}).get("proposal_point") for r in records if _proposal_of(r) == proposal}
+    ran = set()
+    for r in records:  # a case's records carry its point's key (plugin) or, in a criterion's details, its label
+        if _proposal_of(r) == proposal:
+            d = r.details or {}
+            ran.update({d.get("proposal_point"), f"label:{(d.get('point') or {}).get('label')}"})
     verified, unverified = [], []
     for point in points:
-        if makes_claim(point) and point_key(point) not in ran:
+        if makes_claim(point) and not {point_key(point), f"label:{point.label}"} & ran:
             unverified.append(not_verified(point.id, proposal, "no case of this point ran in this run (deselected by "
                                            "--nnc-tier, --nnc-anchors or -k): its claims were not checked",
                                            point=point.point_dict()))
