@@ -12,6 +12,11 @@ from nnconform.report import SCHEMA_PATH
 SUITE = '''
 import pytest
 from nnconform.records import gate
+from nnconform.kit import register_check
+register_check("demo.check", "a demo check of the self-tests")
+register_check("demo.one", "a demo check of the self-tests")
+register_check("demo.two", "a demo check of the self-tests")
+
 
 pytestmark = pytest.mark.criterion("demo")
 
@@ -110,6 +115,11 @@ def test_unsafe_run_ids_are_refused(suite, run_id, why):
 PASSING = '''
 import pytest
 from nnconform.records import gate
+from nnconform.kit import register_check
+register_check("demo.check", "a demo check of the self-tests")
+register_check("demo.one", "a demo check of the self-tests")
+register_check("demo.two", "a demo check of the self-tests")
+
 
 pytestmark = pytest.mark.criterion("demo")
 
@@ -153,6 +163,11 @@ def test_an_unwritable_report_keeps_the_run(passing):
 TEARDOWN = '''
 import pytest
 from nnconform.records import gate
+from nnconform.kit import register_check
+register_check("demo.check", "a demo check of the self-tests")
+register_check("demo.one", "a demo check of the self-tests")
+register_check("demo.two", "a demo check of the self-tests")
+
 
 pytestmark = pytest.mark.criterion("demo")
 

@@ -17,6 +17,10 @@ CASES = '''
 import os, signal
 import pytest
 from nnconform.records import gate
+from nnconform.kit import register_check
+register_check("demo.case", "a demo check of the self-tests")
+register_check("demo.x", "a demo check of the self-tests")
+
 
 pytestmark = pytest.mark.criterion("demo")
 
