@@ -7,19 +7,31 @@ import sys
 from pathlib import Path
 
 from . import default_out, generate, stale_pages, write_pages
-from .results import read_results
+import json
+
+from .results import MEASURED, measured_snapshot, read_results
 
 
 def main(argv: list[str] | None = None) -> int:
     """Generate the reference pages, or with ``--check`` exit 1 naming each stale page."""
     parser = argparse.ArgumentParser(prog="python -m nnconform.docs", description=__doc__)
     parser.add_argument("--out", type=Path, default=None, help="folder of the pages (default: docs/reference)")
-    parser.add_argument("--results", type=Path, default=None, help="a run's results.json: add measured figures")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="a run's results.json: its measured figures replace the committed snapshot "
+                             f"(<out>/{MEASURED}) the pages show")
     parser.add_argument("--check", action="store_true", help="write nothing; fail when a page is stale")
     args = parser.parse_args(argv)
     out = args.out or default_out()
+    snapshot = out / MEASURED
     try:
-        results = read_results(args.results) if args.results else None
+        if args.results and not args.check:
+            results = measured_snapshot(read_results(args.results))
+            out.mkdir(parents=True, exist_ok=True)
+            snapshot.write_text(json.dumps(results, indent=1, sort_keys=True, allow_nan=False) + "\n")
+        elif args.results:
+            results = measured_snapshot(read_results(args.results))
+        else:
+            results = read_results(snapshot) if snapshot.is_file() else None
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -18,6 +18,23 @@ def read_results(path: str | Path) -> dict:
     return data
 
 
+#: the committed snapshot of a run's measured figures the pages are generated from (``--results`` rewrites it)
+MEASURED = "measured.json"
+_MEASURED_CHECKS = ("compression.accuracy", "updates.accuracy", "split.codec_accuracy")
+
+
+def measured_snapshot(results: dict) -> dict:
+    """The part of a run's results the pages show (run id, datasets, the accuracy records of every method), so the
+    committed pages can be regenerated, and checked, without the run."""
+    keep = {"metrics", "bytes", "bits_per_sample"}
+    records = [{"check_id": r["check_id"], "subject": r["subject"], "status": r["status"],
+                "measured": r.get("measured"), "expected": r.get("expected"),
+                "details": {k: v for k, v in (r.get("details") or {}).items() if k in keep}}
+               for r in results.get("records", []) if r.get("check_id") in _MEASURED_CHECKS]
+    records.sort(key=lambda r: (r["check_id"], r["subject"]))
+    return {"run_id": results.get("run_id", "?"), "datasets": results.get("datasets", {}), "records": records}
+
+
 def _labels(kind: str) -> dict[str, str]:
     """Operating-point label -> method name, for the criteria whose record subjects carry only the label."""
     if kind == "update-codec":
