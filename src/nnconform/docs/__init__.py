@@ -27,8 +27,22 @@ def default_out() -> Path:
     return root / "docs" / "reference"
 
 
+def committed_results() -> dict | None:
+    """The committed snapshot of a run's measured figures (``docs/reference/measured.json``), if any."""
+    from .results import MEASURED, read_results
+
+    try:
+        path = default_out() / MEASURED
+    except FileNotFoundError:
+        return None
+    return read_results(path) if path.is_file() else None
+
+
 def generate(results: dict | None = None) -> dict[str, str]:
-    """Every page's text by file name, from the manifests, registries and plans (and a run's results)."""
+    """Every page's text by file name, from the manifests, registries and plans, and the measured figures of
+    ``results`` (a run's, or by default the committed snapshot ``measured.json``)."""
+    if results is None:
+        results = committed_results()
     from ..anchors import all_anchors
     from .anchors_page import anchors_page
     from .checks_page import checks_page
