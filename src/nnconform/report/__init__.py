@@ -168,7 +168,7 @@ def _render(name: str, fn: Callable[[ReportContext], str], ctx: ReportContext) -
 
 def _render_into(run, run_dir: Path, exitstatus: int) -> None:
     """Render every section and summary, then ``results.json``, ``summary.md`` and ``index.html``."""
-    from .render import render_html, render_summary
+    from .render import render_details, render_html, render_summary
 
     _load_sections()
     ctx = ReportContext(list(run.records), run_dir, run)
@@ -183,6 +183,7 @@ def _render_into(run, run_dir: Path, exitstatus: int) -> None:
     results = results_dict(run, exitstatus, ctx.artifacts)
     _atomic_write(run_dir / "results.json", json.dumps(results, indent=1, sort_keys=False) + "\n")
     _atomic_write(run_dir / "summary.md", render_summary(run, results, sections, summaries))
+    _atomic_write(run_dir / "details.md", render_details(run, results, sections))
     _atomic_write(run_dir / "index.html", render_html(run, results, sections, summaries, run_dir,
                                                       f"nnconform report {run.run_id}"))
 

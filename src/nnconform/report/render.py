@@ -109,9 +109,11 @@ def executive_summary(run, summaries: dict[str, str]) -> list[str]:
     return lines
 
 
-def detail_lines(run, results: dict, sections: dict[str, str], base: str | None = None) -> list[str]:
+def detail_lines(run, results: dict, sections: dict[str, str], base: str | None = None, *,
+                 full: bool = True) -> list[str]:
     """Anchors, datasets, methods and tiers, then each criterion's own section, then latency (names link to their
-    reference entries when ``base`` is given)."""
+    reference entries when ``base`` is given). ``full=False`` (summary.md) leaves the criteria's per-anchor tables
+    to ``details.md`` and shows latency per benchmark group only."""
     from ..docs.results import methods_in_records
 
     methods = methods_in_records(results.get("records", []))
@@ -136,15 +138,47 @@ def detail_lines(run, results: dict, sections: dict[str, str], base: str | None 
         lines.append(md_table(["tier", "margin (relative)", "no significant drop", "rationale"],
                               [[n, t["relative_margin"], t["require_no_significant_drop"], t["rationale"]]
                                for n, t in tiers.items()]))
+    if not full:
+        shown = [c for c in _criteria(run) if sections.get(c, "").strip()]
+        if shown:
+            lines += ["", "The per-anchor tables and plots of each criterion (" + ", ".join(shown) + ") are in "
+                      "[details.md](details.md) and in index.html; every record is in results.json."]
+        return lines + latency_lines(run, full=False) + [""]
     for criterion in _criteria(run):
         if sections.get(criterion, "").strip():
             lines += ["", f"### Criterion: {criterion}", "", sections[criterion].strip()]
-    if run.benchmarks:
-        lines += ["", "### Latency (pytest-benchmark, CPU)", "",
-                  md_table(["benchmark", "median s", "mean s", "stddev s", "rounds"],
-                           [[b["fullname"] or b["name"], b.get("median"), b.get("mean"), b.get("stddev"),
-                             b.get("rounds")] for b in run.benchmarks])]
-    return lines + [""]
+    return lines + latency_lines(run, full=True) + [""]
+
+
+def latency_lines(run, *, full: bool) -> list[str]:
+    """pytest-benchmark's timings: every benchmark (``full``), or one row per benchmark group."""
+    if not run.benchmarks:
+        return []
+    lines = ["", "### Latency (pytest-benchmark, CPU)", ""]
+    if full:
+        return lines + [md_table(["benchmark", "median s", "mean s", "stddev s", "rounds"],
+                                 [[b["fullname"] or b["name"], b.get("median"), b.get("mean"), b.get("stddev"),
+                                   b.get("rounds")] for b in run.benchmarks])]
+    groups: dict[str, list[float]] = {}
+    for b in run.benchmarks:
+        groups.setdefault(b.get("group") or "(no group)", []).append(b.get("median"))
+    rows = []
+    for name, medians in sorted(groups.items()):
+        known = sorted(m for m in medians if m is not None)
+        rows.append([name, len(medians), known[0] if known else None, known[len(known) // 2] if known else None,
+                     known[-1] if known else None])
+    return lines + ["Per benchmark group; each benchmark's figures are in details.md and results.json.", "",
+                    md_table(["group", "benchmarks", "fastest median s", "middle median s", "slowest median s"], rows)]
+
+
+def render_details(run, results: dict, sections: dict[str, str]) -> str:
+    """``details.md``: the criteria's per-anchor tables and plots, and every benchmark's timing."""
+    lines = [f"# nnconform conformance report: run {run.run_id}: details", "",
+             "The verdict, the executive summary and the check records are in [summary.md](summary.md).", ""]
+    for criterion in _criteria(run):
+        if sections.get(criterion, "").strip():
+            lines += [f"## Criterion: {criterion}", "", sections[criterion].strip(), ""]
+    return "\n".join(lines + latency_lines(run, full=True) + [""])
 
 
 def _groups(run) -> dict[str, dict[str, list]]:
@@ -233,7 +267,7 @@ def render_summary(run, results: dict, sections: dict[str, str], summaries: dict
     lines += verdict_lines(run, results)
     lines += [run_table(run, results), ""]
     lines += executive_summary(run, summaries)
-    lines += detail_lines(run, results, sections, base)
+    lines += detail_lines(run, results, sections, base, full=False)
     lines += records_markdown(run, results, base)
     lines += environment_lines(results)
     return "\n".join(lines)
