@@ -38,6 +38,7 @@ from torch import nn
 
 from ..hashing import module_sha256, sha256_bytes
 from ..kit import register_method
+from ..progress import Progress
 from .base import (CompressedModel, CompressionContext, CompressionError, Compressor, CompressorConfig,
                    CompressorUnavailable)
 from .baselines import decode_float_model, encode_float_model
@@ -183,12 +184,15 @@ class AimetCompressor(Compressor):
 
         x_eval, y_eval = ctx.calibration.take(config.eval_samples)
 
+        line = Progress(f"{self.name} {config.target_ratio}: greedy search, candidates scored")
+
         def eval_callback(m: nn.Module, iterations=None, use_cuda=False) -> float:
             m.eval()
             with torch.no_grad():
                 hits = 0
                 for start in range(0, len(x_eval), 256):
                     hits += int((m(x_eval[start:start + 256]).argmax(1) == y_eval[start:start + 256]).sum())
+            line.update(note=f"last top-1 {hits / len(x_eval):.3f}")
             return hits / len(x_eval)
 
         scores_store = _scores_store(ctx)
@@ -214,6 +218,8 @@ class AimetCompressor(Compressor):
                 raise
             except Exception as exc:
                 raise CompressionError(f"AIMET {SCHEMES[self.name]} failed: {type(exc).__name__}: {exc}") from exc
+            finally:
+                line.close()
             if cached is None and scores_store is not None:
                 fresh = _read_aimet_eval_scores(folder / "data" / "greedy_selection_eval_scores_dict.pkl")
                 if fresh:

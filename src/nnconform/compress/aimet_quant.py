@@ -37,6 +37,7 @@ from torch import nn
 
 from .aimet_compression import aimet_workdir, quiet_aimet
 from ..kit import register_method
+from ..progress import Progress
 from .base import (Artifact, ArtifactError, CompressedModel, CompressionContext, CompressionError, Compressor,
                    CompressorConfig, CompressorUnavailable)
 from .serialize import OnnxModule, check_onnx, onnx_parameter_count
@@ -261,15 +262,26 @@ class AimetQuantCompressor(Compressor):
                 if ada is not None:
                     loader = ctx.calibration.loader(config.batch_size, ada["samples"], with_labels=False)
                     # iterations 0 -> None: AIMET picks its own default for the weights' bit width
+                    line = Progress(f"aimet-quant W{config.param_bw}A{config.output_bw}: AdaRound "
+                                    f"({config.adaround_iterations or 'AIMET default'} iterations per layer), "
+                                    f"calibration batches run")
+
+                    def forward(m, batch):
+                        line.update()
+                        return m(batch[0])
+
                     ada_params = api["AdaroundParameters"](loader, num_batches=ada["batches"],
                                                            default_num_iterations=config.adaround_iterations or None,
                                                            default_reg_param=config.adaround_reg_param,
-                                                           forward_fn=lambda m, batch: m(batch[0]))
+                                                           forward_fn=forward)
                     torch.manual_seed(ctx.seed)
-                    prepared = api["Adaround"].apply_adaround(prepared, dummy, ada_params, path=str(folder),
-                                                              filename_prefix="adaround",
-                                                              default_param_bw=config.param_bw,
-                                                              default_quant_scheme=scheme)
+                    try:
+                        prepared = api["Adaround"].apply_adaround(prepared, dummy, ada_params, path=str(folder),
+                                                                  filename_prefix="adaround",
+                                                                  default_param_bw=config.param_bw,
+                                                                  default_quant_scheme=scheme)
+                    finally:
+                        line.close()
                     adaround = folder / "adaround.encodings"
                 sim = api["QuantSim"](prepared, dummy_input=dummy, quant_scheme=scheme,
                                       default_param_bw=config.param_bw, default_output_bw=config.output_bw)

@@ -17,6 +17,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from ..progress import progress
 from ..stats import mean_kl_divergence, top1_agreement
 from .codecs import CodecContractError, check_deterministic, check_roundtrip
 from .cuts import SplitGraph
@@ -166,8 +167,11 @@ def run_study(anchor: str, graph: SplitGraph, batches: Iterable[tuple[torch.Tens
 
     labels, ref_logits = [], []
     seen = 0
-    with torch.inference_mode():
+    to_code = sum(1 for key, r in results.items() if r.ok and key not in cached)
+    with torch.inference_mode(), progress(f"split study {anchor}: {to_code} (cut, codec) points coded, "
+                                          f"samples done") as line:
         for x, y in batches:
+            line.update(len(y))
             out, feats = probe(x)
             labels.append(y)
             ref_logits.append(out)

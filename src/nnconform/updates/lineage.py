@@ -27,6 +27,7 @@ import torch
 
 from ..data import Preprocess
 from ..hashing import state_dict_sha256
+from ..progress import progress
 from .codec import BaseMismatchError, ReconstructionError, codec_config_dict
 from .nnc import NNCDeltaCodec, fresh_tree
 from .payload import PayloadHeader, pack_payload, unpack_payload
@@ -184,7 +185,13 @@ def code_lineage(checkpoints: list[Mapping[str, torch.Tensor]], config: NNCDelta
                  keep_tree: bool) -> tuple[LineageEncoder, list[LineageStep]]:
     """Every checkpoint of a lineage through one :class:`LineageEncoder` (base first)."""
     enc = LineageEncoder(config, keep_tree=keep_tree)
-    return enc, [enc.encode(c) for c in checkpoints]
+    steps = []
+    with progress(f"nnc lineage ({'update tree kept' if keep_tree else 'fresh tree'}): checkpoints coded",
+                  total=len(checkpoints)) as line:
+        for c in checkpoints:
+            steps.append(enc.encode(c))
+            line.update()
+    return enc, steps
 
 
 def state_equal(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
