@@ -165,3 +165,21 @@ def test_criterion_state_is_made_once_per_run(pytestconfig):
     made = []
     first = kit.criterion_state(pytestconfig, "toy-state", lambda: made.append(1) or object())
     assert kit.criterion_state(pytestconfig, "toy-state", object) is first and made == [1]
+
+
+def test_a_proposal_loaded_in_process_adds_no_default_points_and_no_reference_entry():
+    """A proposal imported earlier in the same process (a self-test, a checker call) registers its methods; they
+    must not become default operating points of a later run, nor entries of the reference pages."""
+    from nnconform.kit.methods import installed_names
+    from nnconform.paths import REPO_ROOT
+    from nnconform.proposal import load_proposal
+    from nnconform.split.plan import load_plan as load_split_plan
+    from nnconform.updates.plan import load_plan as load_update_plan
+
+    load_proposal(REPO_ROOT / "fixtures" / "proposals" / "good-feature-codec")
+    load_proposal(REPO_ROOT / "fixtures" / "proposals" / "good-update-codec")
+    proposal_codecs = set(kit.registry("feature-codec").names()) - set(installed_names("feature-codec"))
+    assert proposal_codecs, "the proposal registered its codec"
+    assert not proposal_codecs & {p.codec for p in load_split_plan().points_for("full")}
+    updates = set(kit.registry("update-codec").names()) - set(installed_names("update-codec"))
+    assert updates and not updates & {p.codec for p in load_update_plan().with_proposals(()).points}

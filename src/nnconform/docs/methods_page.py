@@ -90,6 +90,15 @@ def method_section(kind: str, name: str, results: dict | None) -> list[str]:
     return lines
 
 
+def reference_names(kind: str) -> list[str]:
+    """The methods the reference pages document: nnconform's own (a third-party package's entry points, a
+    proposal or a self-test registering a method in this process would make the committed pages depend on the
+    machine)."""
+    reg = kit.registry(kind)
+    return sorted(n for n in kit.methods.installed_names(kind)
+                  if str(getattr(reg.get(n), "__module__", "")).startswith("nnconform."))
+
+
 def methods_page(results: dict | None = None) -> str:
     """The page: per method kind, each registered method (sorted by name)."""
     lines = header("Methods", "Every method registered in the criterion kit (`kit.registry(kind)`), described from "
@@ -100,6 +109,6 @@ def methods_page(results: dict | None = None) -> str:
                       "Measured figures are added with `--results RUN/results.json`."))
     for kind in KINDS:
         lines += [f"## {KIND_TITLES[kind]}", ""]
-        for name in sorted(kit.registry(kind).names()):
+        for name in reference_names(kind):
             lines += method_section(kind, name, results)
     return "\n".join(lines).rstrip() + "\n"

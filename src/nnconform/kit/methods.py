@@ -157,6 +157,19 @@ def register_method(kind: str, name: str):
     return add
 
 
+#: the module-name prefix of a proposal's code imported by ``--proposal`` (nnconform.proposal.check)
+PROPOSAL_MODULE_PREFIX = "nnconform_proposal_"
+
+
+def installed_names(kind: str) -> list[str]:
+    """The methods of ``kind`` that are built in or installed (entry points), leaving out those a ``--proposal``
+    module registered in this process: a proposal's methods run at its own operating points only, and a proposal
+    loaded earlier in the same process (a self-test, a checker call) must not add cases to a later run."""
+    reg = registry(kind)
+    return [n for n in reg.names()
+            if not str(getattr(reg.get(n), "__module__", "")).startswith(PROPOSAL_MODULE_PREFIX)]
+
+
 def method_class(kind: str, name: str) -> type:
     """The class registered as ``name`` in ``kind`` (entry points included), checked."""
     cls = registry(kind).get(name)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..hashing import sha256_bytes, sha256_file
+from ..kit.methods import PROPOSAL_MODULE_PREFIX
 from .manifest import NO_CLAIM, Problem, Proposal, SubmittedFile
 
 SCHEMA_PATH = Path(__file__).with_name("proposal.schema.json")
@@ -502,7 +503,7 @@ def import_proposal_module(path: Path):
     path = Path(path).resolve()
     if path in _IMPORTED:
         return _IMPORTED[path]
-    mod_name = f"nnconform_proposal_{sha256_bytes(str(path).encode())[:12]}"
+    mod_name = f"{PROPOSAL_MODULE_PREFIX}{sha256_bytes(str(path).encode())[:12]}"
     spec = importlib.util.spec_from_file_location(mod_name, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import {path}")

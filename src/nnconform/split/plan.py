@@ -236,7 +236,7 @@ class SplitPlan:
             pts += [SplitPoint(label=name, family=name, codec=name,
                                description="registered codec without operating points in split.toml "
                                            "(default parameters)")
-                    for name in kit.registry(KIND).names() if name not in listed and name not in labels]
+                    for name in kit.methods.installed_names(KIND) if name not in listed and name not in labels]
         return pts
 
     def cuts_for(self, anchor: str, run_tier: str) -> tuple[str, ...] | None:

@@ -181,7 +181,7 @@ class UpdatePlan:
         """
         listed = {p.codec for p in self.points} | {p.codec for p in points}
         extra = list(points)
-        for name in UPDATE_CODECS.names():
+        for name in kit.methods.installed_names("update-codec"):
             if name not in listed:
                 claimed = getattr(UPDATE_CODECS.get(name), "claimed_tier", None)
                 extra.append(UpdatePoint(name, {}, label=name, run_tier=kit.RUN_TIERS[0], claimed_tier=claimed,
