@@ -87,6 +87,8 @@ class Anchor:
     architecture_kwargs: Mapping[str, Any] = field(default_factory=dict)
     checkpoints: tuple[Checkpoint, ...] = ()
     manifest: str = ""
+    #: the task (nnconform.tasks): what the model outputs and the metric its gates compare
+    task: str = "classification"
 
     def __post_init__(self) -> None:
         where = f"{self.manifest}: anchors.{self.name}"
@@ -94,6 +96,10 @@ class Anchor:
             raise ManifestError(f"{where}.family: {self.family!r} is not one of {FAMILIES}")
         if self.dataset not in DATASETS:
             raise ManifestError(f"{where}.dataset: {self.dataset!r} is not one of {DATASETS}")
+        from .tasks import task_names
+
+        if self.task not in task_names():
+            raise ManifestError(f"{where}.task: {self.task!r} is not one of {task_names()}")
         for label, digest in [("sha256", self.sha256)] + [(f"checkpoints[{c.name}].sha256", c.sha256)
                                                            for c in self.checkpoints]:
             if not _HEX64.match(digest):
@@ -150,7 +156,7 @@ class Anchor:
     def to_dict(self) -> dict[str, Any]:
         """What the report records about the anchor."""
         return {
-            "name": self.name, "family": self.family, "architecture": self.architecture,
+            "name": self.name, "family": self.family, "task": self.task, "architecture": self.architecture,
             "weights": self.weights, "sha256": self.sha256, "dataset": self.dataset,
             "input_shape": list(self.input_shape), "preprocess": self.preprocess.to_dict(),
             "metrics": dict(self.metrics), "num_params": self.num_params, "macs": self.macs,
@@ -303,7 +309,7 @@ def parse_anchor(name: str, raw: dict, manifest: str) -> Anchor:
             num_classes=t.int("num_classes", min=1), preprocess=_parse_preprocess(t, "preprocess"),
             metrics=metrics, tolerance=t.float("tolerance", min=0, max=1),
             num_params=t.int("num_params", min=0), macs=t.int("macs", min=0), license=t.str("license"),
-            provenance=t.str("provenance"), default=t.bool("default", False),
+            provenance=t.str("provenance"), default=t.bool("default", False), task=t.str("task", "classification"),
             architecture_kwargs=dict(t.get("architecture_kwargs", dict, {})), checkpoints=tuple(checkpoints))
         t.done()
     except PlanError as exc:

@@ -1,7 +1,9 @@
-"""Paired statistics on per-sample results: the basis of every accuracy gate.
+"""Paired statistics on per-sample results: the basis of every classification gate.
 
 All functions take the per-sample correctness vectors (or logits) of a reference model and of
-a model under test, evaluated on the same samples in the same order.
+a model under test, evaluated on the same samples in the same order. Other tasks' paired
+statistics are :meth:`nnconform.tasks.Task.paired` (a paired bootstrap of the task's metric);
+:func:`paired_comparison` is the classification task's.
 """
 
 from __future__ import annotations
@@ -29,6 +31,21 @@ class PairedComparison:
     ref_only: int  # samples the reference gets right and the new model wrong (McNemar's b)
     new_only: int  # samples the new model gets right and the reference wrong (McNemar's c)
     mcnemar_p: float  # exact two-sided McNemar test
+
+    #: the task interface every gate reads (see :class:`nnconform.tasks.MetricComparison`)
+    task = "classification"
+    metric = "top1"
+    higher_is_better = True
+
+    @property
+    def metric_ref(self) -> float:
+        """The reference's top-1 accuracy (the task-generic name of ``acc_ref``)."""
+        return self.acc_ref
+
+    @property
+    def metric_new(self) -> float:
+        """The new model's top-1 accuracy (the task-generic name of ``acc_new``)."""
+        return self.acc_new
 
     @property
     def drop(self) -> float:
