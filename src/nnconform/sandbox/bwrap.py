@@ -71,14 +71,24 @@ def _inside(path: Path, trees: Iterable[Path]) -> bool:
 
 
 def bwrap_command(*, readonly: dict[Path, Path], writable: dict[Path, Path], hidden: Iterable[Path],
-                  env: dict[str, str], argv: list[str], chdir: Path) -> list[str]:
-    """The bwrap command line: ``readonly``/``writable`` map host paths to paths inside."""
+                  env: dict[str, str], argv: list[str], chdir: Path, shm: Path | None = None,
+                  as_pid_1: bool = False) -> list[str]:
+    """The bwrap command line: ``readonly``/``writable`` map host paths to paths inside.
+
+    ``shm``: a host folder shown as ``/dev/shm`` (else /dev has no writable place at all). ``as_pid_1``:
+    ``argv`` becomes the pid namespace's init (the sandbox server), so it reaps every orphan, cannot be
+    killed or stopped from inside the sandbox, and the whole sandbox dies with it.
+    """
     exe = bwrap_executable()
     if exe is None:
         raise FileNotFoundError("bwrap not found")
-    cmd = [exe, "--unshare-all", "--unshare-user", "--disable-userns", "--cap-drop", "ALL", "--die-with-parent",
-           "--new-session", "--hostname", "sandbox", "--clearenv", "--proc", "/proc", "--dev", "/dev",
-           "--dir", "/tmp"]
+    cmd = [exe, *(["--as-pid-1"] if as_pid_1 else []), "--unshare-all", "--unshare-user", "--disable-userns",
+           "--cap-drop", "ALL", "--die-with-parent", "--new-session", "--hostname", "sandbox", "--clearenv",
+           "--proc", "/proc", "--dev", "/dev", "--mqueue", "/dev/mqueue", "--dir", "/tmp"]
+    if shm is not None:
+        cmd += ["--bind", str(shm), "/dev/shm"]
+    # /dev read-only: its tmpfs would otherwise be a writable place outside the folders the gate empties
+    cmd += ["--remount-ro", "/dev"]
     for lib in SYSTEM_LIBS:
         if os.path.exists(lib):
             cmd += ["--ro-bind", lib, lib]

@@ -97,7 +97,7 @@ def _choose_isolation(proposal: str, call: str) -> str:
     return SUBPROCESS
 
 
-def _stage_inputs(in_dir: Path, inputs: Mapping[str, Any]) -> tuple[dict[str, list[str]], dict[Path, str]]:
+def stage_inputs(in_dir: Path, inputs: Mapping[str, Any]) -> tuple[dict[str, list[str]], dict[Path, str]]:
     """Write tensors and bytes into ``in_dir``; files given as paths are bound (bubblewrap) or copied."""
     spec, bound = {}, {}
     for name, value in inputs.items():
@@ -119,7 +119,8 @@ def _stage_inputs(in_dir: Path, inputs: Mapping[str, Any]) -> tuple[dict[str, li
     return spec, bound
 
 
-def _limits(memory_bytes: int, file_bytes: int):
+def limits(memory_bytes: int, file_bytes: int):
+    """A ``preexec_fn`` applying the call's memory, file-size and core limits (inherited by every child)."""
     def apply() -> None:
         # RLIMIT_DATA (heap and private mappings) rather than RLIMIT_AS: torch alone maps gigabytes of
         # address space it never touches, so an address-space limit would refuse honest code
@@ -166,12 +167,60 @@ def _signal_of(returncode: int, mode: str) -> int | None:
     return None
 
 
+FOLDERS = ("in", "out", "scratch", "ctl", "proposal", "shm")
+
+
+def make_folders(work: Path) -> dict[str, Path]:
+    """A call's host folders under ``work``: inputs, outputs, scratch (with its ``tmp``), control, proposal, shm."""
+    dirs = {k: work / k for k in FOLDERS}
+    for d in dirs.values():
+        d.mkdir()
+    (dirs["scratch"] / "tmp").mkdir()
+    return dirs
+
+
+def inside_paths(dirs: Mapping[str, Path], mode: str) -> dict[str, Path]:
+    """Where each folder appears to proposal code (under bubblewrap, never a host path)."""
+    return {k: bwrap.INSIDE / k for k in dirs} if mode == BUBBLEWRAP else dict(dirs)
+
+
+def call_environment(inside: Mapping[str, Path], threads: int | None) -> dict[str, str]:
+    """The whole environment of the process beside proposal code (nothing of the host's)."""
+    env = {"HOME": str(inside["scratch"]), "TMPDIR": str(inside["scratch"] / "tmp"), "LANG": "C.UTF-8",
+           "PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0"}
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(int(threads))
+    return env
+
+
+def call_document(entry: str, params: dict, spec: dict, threads: int | None, inside: Mapping[str, Path],
+                  has_proposal: bool) -> dict:
+    """The worker's call document (``ctl/call.json``)."""
+    return {"entry": entry, "params": params, "inputs": spec, "threads": threads, "in_dir": str(inside["in"]),
+            "out_dir": str(inside["out"]), "proposal_dir": str(inside["proposal"]) if has_proposal else None}
+
+
+def sandbox_command(mode: str, dirs: Mapping[str, Path], inside: Mapping[str, Path], env: dict[str, str],
+                    argv: list[str], hidden: Iterable[str | Path], bound: Mapping[Path, str] | None = None,
+                    as_pid_1: bool = False) -> tuple[list[str], dict[str, str]]:
+    """The command line and its environment: ``argv`` under bubblewrap with the call's view, or as is."""
+    if mode != BUBBLEWRAP:
+        return argv, env
+    readonly = {p: p for p in bwrap.python_environment()}
+    readonly.update({dirs[k]: inside[k] for k in ("in", "ctl", "proposal")})
+    readonly.update({host: inside["in"] / file for host, file in (bound or {}).items()})
+    writable = {dirs["out"]: inside["out"], dirs["scratch"]: inside["scratch"], dirs["scratch"] / "tmp": Path("/tmp")}
+    cmd = bwrap.bwrap_command(readonly=readonly, writable=writable, hidden=bwrap.hidden_paths(hidden), env=env,
+                              argv=argv, chdir=inside["scratch"], shm=dirs["shm"], as_pid_1=as_pid_1)
+    return cmd, {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+
+
 def run_sandboxed(entry: str, *, inputs: Mapping[str, Any] | None = None, params: Mapping[str, Any] | None = None,
                   proposal_dir: str | Path | None = None, tree_sha256: str | None = None, proposal: str = "",
                   call: str = "", timeout_s: float = DEFAULT_TIMEOUT_S, memory_bytes: int = DEFAULT_MEMORY_BYTES,
                   file_bytes: int = DEFAULT_FILE_BYTES, threads: int | None = None, hidden: Iterable[str | Path] = (),
                   work_root: str | Path | None = None, keep: bool = False) -> SandboxResult:
-    """Call ``entry(inputs, params)`` of proposal code in a fresh sandboxed process; return its outputs.
+    """Call ``entry(inputs, params)`` of proposal code in a sandboxed process of its own; return its outputs.
 
     ``entry``: ``"file.py:function"`` (in ``proposal_dir``) or ``"package.module:function"``.
     ``inputs``: name -> a dict of tensors, bytes, or a ``Path`` of a file to expose read-only (loaded as
@@ -180,19 +229,43 @@ def run_sandboxed(entry: str, *, inputs: Mapping[str, Any] | None = None, params
     ``tree_sha256`` a copy with another tree hash is refused before anything runs. ``proposal`` and
     ``call`` name the call in errors. ``hidden``: further host paths to mask (e.g. a data folder).
     Raises :class:`SandboxError`; never hangs past ``timeout_s``.
+
+    The process is a fork of a sandbox server (:mod:`nnconform.sandbox.server`) kept for the same
+    proposal copy and settings, which has the heavy trusted modules imported already; between calls
+    the server kills every process the call left and the gate empties every writable place, so each
+    call starts as clean as a fresh process. ``NNCONFORM_SANDBOX_SERVER=0`` (or ``keep=True``) starts
+    a fresh ``python -m nnconform.sandbox.worker`` per call instead.
     """
-    from ..proposal.tree import TreeError, copy_tree
+    from . import server
 
     call = call or entry
     mode = _choose_isolation(proposal, call)
+    hidden = tuple(hidden)
+    if server.enabled() and not keep:
+        try:
+            return server.run_call(entry, inputs=inputs, params=params, proposal_dir=proposal_dir,
+                                   tree_sha256=tree_sha256, proposal=proposal, call=call, timeout_s=timeout_s,
+                                   memory_bytes=memory_bytes, file_bytes=file_bytes, threads=threads, hidden=hidden,
+                                   work_root=work_root, mode=mode)
+        except server.ServerUnavailable:
+            pass  # this call runs in a fresh process (the reason was said once, or is a pin problem said below)
+    return run_fresh(entry, inputs=inputs, params=params, proposal_dir=proposal_dir, tree_sha256=tree_sha256,
+                     proposal=proposal, call=call, timeout_s=timeout_s, memory_bytes=memory_bytes,
+                     file_bytes=file_bytes, threads=threads, hidden=hidden, work_root=work_root, keep=keep, mode=mode)
+
+
+def run_fresh(entry: str, *, inputs: Mapping[str, Any] | None, params: Mapping[str, Any] | None,
+              proposal_dir: str | Path | None, tree_sha256: str | None, proposal: str, call: str, timeout_s: float,
+              memory_bytes: int, file_bytes: int, threads: int | None, hidden: Iterable[str | Path],
+              work_root: str | Path | None, keep: bool, mode: str) -> SandboxResult:
+    """One call in a fresh ``python -m nnconform.sandbox.worker`` (see :func:`run_sandboxed`)."""
+    from ..proposal.tree import TreeError, copy_tree
+
     work = Path(tempfile.mkdtemp(prefix="nnconform-sandbox-", dir=work_root))
     try:
-        dirs = {k: work / k for k in ("in", "out", "scratch", "ctl", "proposal")}
-        for d in dirs.values():
-            d.mkdir()
-        (dirs["scratch"] / "tmp").mkdir()
+        dirs = make_folders(work)
         try:
-            spec, bound = _stage_inputs(dirs["in"], dict(inputs or {}))
+            spec, bound = stage_inputs(dirs["in"], dict(inputs or {}))
             params_plain = dataio.check_plain(dict(params or {}), "params")
         except dataio.DataError as exc:
             raise SandboxError("bad-input", proposal, call, str(exc), isolation=mode) from None
@@ -203,49 +276,38 @@ def run_sandboxed(entry: str, *, inputs: Mapping[str, Any] | None = None, params
             except TreeError as exc:
                 raise SandboxError("pin", proposal, call, str(exc), isolation=mode) from None
             if tree_sha256 is not None and digest != tree_sha256:
-                raise SandboxError("pin", proposal, call, f"the proposal folder hashes to {digest}, the manifest pins "
-                                                          f"{tree_sha256}: not the reviewed files, so nothing runs",
-                                   isolation=mode)
-        inside = ({k: bwrap.INSIDE / k for k in dirs} if mode == BUBBLEWRAP else dict(dirs))
-        env = {"HOME": str(inside["scratch"]), "TMPDIR": str(inside["scratch"] / "tmp"), "LANG": "C.UTF-8",
-               "PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0"}
-        if threads:
-            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(int(threads))
-        document = {"entry": entry, "params": params_plain, "inputs": spec, "threads": threads,
-                    "in_dir": str(inside["in"]), "out_dir": str(inside["out"]),
-                    "proposal_dir": str(inside["proposal"]) if proposal_dir is not None else None}
+                raise SandboxError("pin", proposal, call, pin_message(digest, tree_sha256), isolation=mode)
+        inside = inside_paths(dirs, mode)
+        env = call_environment(inside, threads)
+        document = call_document(entry, params_plain, spec, threads, inside, proposal_dir is not None)
         dataio.dump_json(document, dirs["ctl"] / "call.json")
         argv = [sys.executable, "-I", "-m", "nnconform.sandbox.worker", str(inside["ctl"] / "call.json")]
-        if mode == BUBBLEWRAP:
-            readonly = {p: p for p in bwrap.python_environment()}
-            readonly.update({dirs[k]: inside[k] for k in ("in", "ctl", "proposal")})
-            readonly.update({host: inside["in"] / file for host, file in bound.items()})
-            writable = {dirs["out"]: inside["out"], dirs["scratch"]: inside["scratch"],
-                        dirs["scratch"] / "tmp": Path("/tmp")}
-            cmd = bwrap.bwrap_command(readonly=readonly, writable=writable,
-                                      hidden=bwrap.hidden_paths(hidden), env=env, argv=argv, chdir=inside["scratch"])
-            proc_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-        else:
+        if mode != BUBBLEWRAP:
             for host, file in bound.items():
                 shutil.copyfile(host, dirs["in"] / file)
-            cmd, proc_env = argv, env
+        cmd, proc_env = sandbox_command(mode, dirs, inside, env, argv, hidden, bound)
         started = time.monotonic()
         with open(work / "stderr", "wb") as err:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=proc_env,
                                     cwd=dirs["scratch"], start_new_session=True,
-                                    preexec_fn=_limits(memory_bytes, file_bytes))
+                                    preexec_fn=limits(memory_bytes, file_bytes))
             returncode, usage, timed_out = _wait(proc, timeout_s)
         seconds = time.monotonic() - started
         peak = int(usage.ru_maxrss) * 1024
         stderr = _tail(work / "stderr")
-        return _collect(dirs["out"], mode, proposal, call, returncode, timed_out, timeout_s, memory_bytes, peak,
-                        seconds, digest, stderr)
+        return collect(dirs["out"], mode, proposal, call, returncode, timed_out, timeout_s, memory_bytes, peak,
+                       seconds, digest, stderr)
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _collect(out: Path, mode: str, proposal: str, call: str, returncode: int, timed_out: bool, timeout_s: float,
+def pin_message(digest: str, pinned: str) -> str:
+    """Why a proposal folder whose copy hashes to ``digest`` does not run under the pin ``pinned``."""
+    return f"the proposal folder hashes to {digest}, the manifest pins {pinned}: not the reviewed files, so nothing runs"
+
+
+def collect(out: Path, mode: str, proposal: str, call: str, returncode: int, timed_out: bool, timeout_s: float,
              memory_bytes: int, peak: int, seconds: float, digest: str | None, stderr: str) -> SandboxResult:
     """Turn the worker's result document and files into a :class:`SandboxResult` or a :class:`SandboxError`."""
     def fail(kind: str, message: str, **kw) -> SandboxError:
