@@ -123,6 +123,9 @@ class CompressedModel:
     ``reported_bytes`` is the size the method claims (must equal ``artifact.nbytes``); ``params``
     and ``macs`` describe the compressed model (``None``: the engine counts them on the decoded
     module); ``metadata`` is anything the method wants in the report (per-layer ranks, encodings).
+    ``probe_logits``: a method that ran in another process (a proposal's, in the sandbox) returns no
+    module but its module's logits on the runner's probe inputs (the first ``PROBE_SAMPLES``
+    calibration images), which the consistency check compares with the decoded model's.
     """
 
     module: torch.nn.Module | None
@@ -131,6 +134,7 @@ class CompressedModel:
     params: int | None = None
     macs: int | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    probe_logits: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,7 @@ class CompressionCache:
         # the store format is in the key: folders of the old layout (no manifest) are misses, not "corrupt"
         spec = {"engine": ENGINE_VERSION, "store": STORE_FORMAT, "config": point.config.to_dict(),
                 "model": module_sha256(model), "calibration": calibration.fingerprint, "torch": torch.__version__,
-                "versions": _tool_versions(), "handler_source": class_source_sha256(compressor)}
+                "versions": _tool_versions(), "handler_source": _source_sha256(compressor)}
         return sha256_bytes(json.dumps(spec, sort_keys=True).encode())
 
     def load(self, key: str) -> tuple[CompressedModel, torch.Tensor] | None:
@@ -152,6 +152,12 @@ class CompressionCache:
                 "params": result.params, "macs": result.macs, "metadata": _jsonable(result.metadata),
                 "config": config}
         self.entries.put(key, {**result.artifact.files, self.PROBE: save({"logits": probe.contiguous()})}, meta)
+
+
+def _source_sha256(compressor) -> str | None:
+    """What identifies the method's code in cache keys: a sandboxed proposal's folder tree hash (its proxy class
+    says ``source_sha256``), else the sha256 of the source file defining the method's class."""
+    return getattr(compressor, "source_sha256", None) or class_source_sha256(compressor)
 
 
 def _tool_versions() -> dict[str, str | None]:
@@ -213,6 +219,7 @@ def run_case(point: CompressionPoint, anchor: AnchorUnderTest, calibration: Cali
     except Exception as exc:  # an unknown method or a proposal class that does not build: its own case's error
         rec(CheckRecord.from_exception("compression.compress", subject, exc, criterion=CRITERION))
         return out
+    first_call = len(getattr(getattr(compressor, "sandboxed", None), "calls", ()))  # this case's sandboxed calls
     # a method that reads files the user may change (artifact-only submissions) is never cached
     cache = CompressionCache(cache_dir if use_cache and getattr(compressor, "cacheable", True) else None)
     key = cache.key(point, anchor.model, calibration, compressor)
@@ -255,6 +262,9 @@ def run_case(point: CompressionPoint, anchor: AnchorUnderTest, calibration: Cali
                                         f"CompressedModel with an Artifact"))
                 return out
             method_probe = None
+            if result.module is None and result.probe_logits is not None:
+                # the method ran in the sandbox: its own module's logits on the same probe inputs came back as data
+                method_probe = torch.as_tensor(result.probe_logits).float()
             if result.module is not None:
                 try:
                     method_probe = forward(result.module, probe_x)
@@ -267,6 +277,7 @@ def run_case(point: CompressionPoint, anchor: AnchorUnderTest, calibration: Cali
                             details={"seconds": seconds, "from_cache": False}))
             out.details["compress_seconds"] = seconds
         out.artifact = result.artifact
+        _sandbox_details(out.details, compressor, first_call)
         out.details.update(artifact_bytes=result.artifact.nbytes, artifact_files=result.artifact.sizes(),
                            artifact_format=result.artifact.format, artifact_sha256=result.artifact.sha256,
                            method_metadata=_jsonable(result.metadata))
@@ -310,6 +321,8 @@ def run_case(point: CompressionPoint, anchor: AnchorUnderTest, calibration: Cali
             cache.store(key, result, method_probe if method_probe is not None else decoded_probe,
                         out.details["config"])
 
+        _sandbox_details(out.details, compressor, first_call)
+
         # 6. evaluate the decoded model (only an artifact that passed every check) -------------
         if out.failure is not None:
             return out
@@ -347,6 +360,13 @@ def run_case(point: CompressionPoint, anchor: AnchorUnderTest, calibration: Cali
         return out
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _sandbox_details(details: dict, compressor, first_call: int) -> None:
+    """The sandboxed calls a proposal's method made for this case (call, seconds, isolation)."""
+    sandboxed = getattr(compressor, "sandboxed", None)
+    if sandboxed is not None:
+        details["sandbox"] = {"isolation": sandboxed.isolation, "calls": list(sandboxed.calls[first_call:])}
 
 
 def _fresh_copy(model: nn.Module) -> nn.Module:

@@ -137,6 +137,27 @@ class _Checker:
                     raise
                 self.problem("proposal.package", f"importing package {package!r} raised {type(exc).__name__}: {exc}")
 
+    def describe_code(self, name: str, module: str | None, package: str | None, pinned: str | None, data: dict):
+        """Run the proposal's code in the sandbox (never here) to register proxies of its methods and check the
+        manifest's configs with the proposal's own validation; a problem for each config that does not build,
+        or one for the module when its code does not load. Returns the :class:`SandboxedProposal` (or None)."""
+        from ..sandbox import SandboxError
+        from .sandboxed import describe_proposal
+
+        points = _manifest_points(data)
+        try:
+            described = describe_proposal(name, self.manifest.parent, module, package, pinned,
+                                          [{k: p[k] for k in ("where", "kind", "name", "config")} for p in points])
+        except (SandboxError, ValueError) as exc:
+            field = "proposal.module" if module is not None else "proposal.package"
+            self.problem(field, f"loading the proposal's code in the sandbox failed: {exc}")
+            return None
+        for p in points:
+            verdict = described.points.get(p["where"])
+            if verdict is not None and verdict.get("error"):
+                self.problem(p["where"], f"{p['what']}: {verdict['error']}")
+        return described.proposal
+
     def registered(self, where: str, registry, name: str) -> bool:
         """A method the manifest names must be in its registry (the proposal's code registers it)."""
         if name in registry:
@@ -147,6 +168,8 @@ class _Checker:
 
     def builds(self, where: str, what: str, build) -> bool:
         """``build()`` (a config or codec from the manifest's values) must not raise."""
+        if any(p.field == where for p in self.problems):
+            return False  # the proposal's own validation (in the sandbox) already named this field
         try:
             build()
             return True
@@ -255,8 +278,10 @@ def load_proposal(path: str | Path, *, import_code: bool = True) -> Proposal:
     if isinstance(tree_pin, str) and (why := tree_pin_problem(manifest.parent, tree_pin)) is not None:
         ck.problem("proposal.tree_sha256", f"{why}, so no code of it is imported")
         module_path, package = None, None  # the pin covers every file the code could read
-    if import_code:
-        ck.load_code(module_path, package)
+    sandboxed = None
+    if import_code and (module_path is not None or package is not None):
+        sandboxed = ck.describe_code(name, module if module_path is not None else None, package,
+                                     tree_pin if isinstance(tree_pin, str) else None, data)
 
     used = {k for k in KINDS if data.get(k)} | {a.get("criterion") for a in data.get("artifacts", [])
                                                  if isinstance(a, dict)}
@@ -294,7 +319,24 @@ def load_proposal(path: str | Path, *, import_code: bool = True) -> Proposal:
         organization=str(head.get("organization", "")), description=str(head.get("description", "")),
         module=module_path, package=package, anchors=anchors, criteria=criteria, compression=compression,
         updates=updates, split=split, compression_artifacts=comp_artifacts, update_artifacts=update_artifacts,
-        manifest_sha256=digest, problems=tuple(ck.problems))
+        manifest_sha256=digest, problems=tuple(ck.problems),
+        tree_sha256=sandboxed.tree_sha256 if sandboxed else "", isolation=sandboxed.isolation if sandboxed else "")
+
+
+def _manifest_points(data: dict) -> list[dict]:
+    """Every operating point of the manifest whose config the proposal's own code must accept, with the field
+    its problem would name and the words the checker has always used for it."""
+    out = []
+    for key, kind, name_key, params_key, what in (
+            ("compression", "compressor", "method", "config", "the {!r} config does not build"),
+            ("updates", "update-codec", "codec", "params", "update codec {!r} does not accept these parameters"),
+            ("split", "feature-codec", "codec", "params", "feature codec {!r} does not build with these parameters")):
+        for i, e in _entries(data, key):
+            name, config = e.get(name_key), e.get(params_key, {})
+            if isinstance(name, str) and isinstance(config, dict):
+                out.append({"where": f"{key}[{i}].{params_key}", "kind": kind, "name": name, "config": config,
+                            "what": what.format(name)})
+    return out
 
 
 def _entries(data: dict, key: str) -> list[tuple[int, dict]]:

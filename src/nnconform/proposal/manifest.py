@@ -78,6 +78,18 @@ class Proposal:
     update_artifacts: tuple["UpdateArtifact", ...] = ()
     manifest_sha256: str = ""
     problems: tuple[Problem, ...] = field(default=())
+    #: the tree hash of the folder the proposal's code ran from (the pin, or what the checker hashed)
+    tree_sha256: str = ""
+    #: how the proposal's code was isolated (``bubblewrap`` or ``subprocess``; empty: no code ran)
+    isolation: str = ""
+
+    def _isolation(self) -> dict[str, Any] | None:
+        if not self.isolation:
+            return None
+        from ..sandbox import isolation_note
+
+        return {"mode": self.isolation, "note": isolation_note(),
+                "rule": "the proposal's code ran only in sandboxed processes, never in the gate's"}
 
     @property
     def ok(self) -> bool:
@@ -96,4 +108,6 @@ class Proposal:
                 "updates": [u.label for u in self.updates] + [a.id for a in self.update_artifacts],
                 "split": [s.label for s in self.split]},
             "problems": [{"file": p.file, "field": p.field, "message": p.message} for p in self.problems],
+            "tree_sha256": self.tree_sha256 or None,
+            "code_isolation": self._isolation(),
         }

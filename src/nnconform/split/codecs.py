@@ -76,6 +76,14 @@ class FeatureCodec:
         """A payload from :meth:`encode` -> a tensor of the original shape and dtype."""
         raise NotImplementedError
 
+    def encode_many(self, tensors) -> list[bytes]:
+        """Many samples' payloads (one call for a batch: a sandboxed proposal codec makes one process of it)."""
+        return [self.encode(t) for t in tensors]
+
+    def decode_many(self, payloads) -> list[torch.Tensor]:
+        """Many payloads' tensors, in the order given (one call for a batch, like :meth:`encode_many`)."""
+        return [self.decode(p) for p in payloads]
+
 
 def make_codec(name: str, params: dict[str, Any] | None = None) -> FeatureCodec:
     """A registered feature codec built from an operating point's parameters (``kit.make``)."""
@@ -542,9 +550,20 @@ def check_roundtrip(codec: FeatureCodec, tensor: torch.Tensor, label: str = "cod
     Returns ``(payload, decoded)``. Exceptions the codec raises itself propagate unchanged.
     """
     payload = codec.encode(tensor)
+    check_payload(payload, label)
+    decoded = codec.decode(payload)
+    check_decoded(decoded, tensor, label)
+    return payload, decoded
+
+
+def check_payload(payload, label: str = "codec") -> None:
+    """An encoder's output must be bytes; CodecContractError otherwise."""
     if not isinstance(payload, bytes):
         raise CodecContractError(f"{label}: encode returned {type(payload).__name__}, expected bytes")
-    decoded = codec.decode(payload)
+
+
+def check_decoded(decoded, tensor: torch.Tensor, label: str = "codec") -> None:
+    """A decoder's output must be a finite tensor of the input's shape and dtype; CodecContractError otherwise."""
     if not isinstance(decoded, torch.Tensor):
         raise CodecContractError(f"{label}: decode returned {type(decoded).__name__}, expected a torch.Tensor")
     if tuple(decoded.shape) != tuple(tensor.shape):
@@ -555,7 +574,6 @@ def check_roundtrip(codec: FeatureCodec, tensor: torch.Tensor, label: str = "cod
     if not bool(finite.all()):
         raise CodecContractError(f"{label}: decode returned {int((~finite).sum())} non-finite values "
                                  f"of {decoded.numel()}")
-    return payload, decoded
 
 
 def check_deterministic(codec: FeatureCodec, tensor: torch.Tensor, payload: bytes, label: str = "codec") -> None:

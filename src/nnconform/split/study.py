@@ -19,7 +19,7 @@ import torch
 
 from ..progress import progress
 from ..stats import mean_kl_divergence, top1_agreement
-from .codecs import CodecContractError, check_deterministic, check_roundtrip
+from .codecs import CodecContractError, check_decoded, check_payload
 from .cuts import SplitGraph
 from .features import CutProfile, FeatureStats, FeatureStatsAccumulator
 from .plan import SplitPoint as OperatingPoint
@@ -157,7 +157,7 @@ def run_study(anchor: str, graph: SplitGraph, batches: Iterable[tuple[torch.Tens
     cached: set[tuple[str, str]] = set()
     if cache is not None:
         for key, r in results.items():
-            hit = cache.load(r.cut, _cache_point(r.point), codecs[key]) if r.ok else None
+            hit = cache.load(r.cut, _cache_point(r.point, codecs[key]), codecs[key]) if r.ok else None
             if hit is not None:
                 r.payload_bytes.extend(hit["payload_bytes"])
                 r._chunks.append(hit["logits"])
@@ -195,7 +195,7 @@ def run_study(anchor: str, graph: SplitGraph, batches: Iterable[tuple[torch.Tens
             r.agreement = top1_agreement(ref, r.logits)
             r.kl = mean_kl_divergence(ref, r.logits)
             if cache is not None and (r.cut, r.point.id) not in cached:
-                cache.store(r.cut, _cache_point(r.point), codecs[(r.cut, r.point.id)], r)
+                cache.store(r.cut, _cache_point(r.point, codecs[(r.cut, r.point.id)]), codecs[(r.cut, r.point.id)], r)
         else:
             r._chunks.clear()
     stats = {cut: a.result(profile=(profiles or {}).get(cut), resolution_numel=(resolution_numel or {}).get(cut))
@@ -205,9 +205,13 @@ def run_study(anchor: str, graph: SplitGraph, batches: Iterable[tuple[torch.Tens
                       resolution_numel={k: dict(v) for k, v in (resolution_numel or {}).items()})
 
 
-def _cache_point(p: OperatingPoint) -> dict:
-    """What of an operating point decides its coded result (not its id, claim or tier)."""
-    return {"codec": p.codec, "params": p.kwargs, "lossless": p.lossless, "version": p.version}
+def _cache_point(p: OperatingPoint, codec=None) -> dict:
+    """What of an operating point decides its coded result (not its id, claim or tier); a sandboxed proposal's
+    codec adds its folder's tree hash (its proxy class's source file says nothing of the proposal's code)."""
+    out = {"codec": p.codec, "params": p.kwargs, "lossless": p.lossless, "version": p.version}
+    if getattr(codec, "source_sha256", None):
+        out["source"] = codec.source_sha256
+    return out
 
 
 def _fail(r: CodedResult, exc: BaseException, kind: str) -> None:
@@ -218,16 +222,41 @@ def _fail(r: CodedResult, exc: BaseException, kind: str) -> None:
 
 
 def _code_batch(r: CodedResult, codec, batch: torch.Tensor, tail, determinism_left: int) -> None:
+    """Code a batch of samples: ``encode_many`` once (plus fresh copies of the first ``determinism_left`` samples,
+    whose payloads must repeat), then ``decode_many`` once with the payloads in a seeded, shuffled order (a
+    sandboxed codec decodes in a process that never saw the features, and not in the order they were coded)."""
     label = f"{r.point.id} at {r.cut}"
     decoded = []
     sizes = []
     try:
-        for i in range(batch.shape[0]):
-            sample = batch[i]
-            payload, dec = check_roundtrip(codec, sample, label)
-            if i < determinism_left:
-                check_deterministic(codec, sample, payload, label)
-                r.determinism_checked += 1
+        n = batch.shape[0]
+        again = min(max(determinism_left, 0), n)
+        samples = [batch[i] for i in range(n)]
+        coded = codec.encode_many(samples + [batch[i].clone() for i in range(again)])
+        if not isinstance(coded, list) or len(coded) != n + again:
+            raise CodecContractError(f"{label}: encode_many returned {type(coded).__name__} of "
+                                     f"{len(coded) if isinstance(coded, list) else '?'} payloads for {n + again} samples")
+        for p in coded:
+            check_payload(p, label)
+        payloads = coded[:n]
+        for i in range(again):
+            if coded[n + i] != payloads[i]:
+                first = next((j for j in range(min(len(coded[n + i]), len(payloads[i])))
+                              if coded[n + i][j] != payloads[i][j]), min(len(coded[n + i]), len(payloads[i])))
+                raise CodecContractError(f"{label}: encode is not deterministic: two encodings of the same tensor "
+                                         f"differ ({len(payloads[i])} and {len(coded[n + i])} bytes, first "
+                                         f"difference at byte {first})")
+            r.determinism_checked += 1
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(r.n + 7919)).tolist()
+        shuffled = codec.decode_many([payloads[j] for j in order])
+        if not isinstance(shuffled, list) or len(shuffled) != n:
+            raise CodecContractError(f"{label}: decode_many returned {type(shuffled).__name__} for {n} payloads")
+        outputs = [None] * n
+        for pos, j in enumerate(order):
+            outputs[j] = shuffled[pos]
+        for i in range(n):
+            sample, payload, dec = samples[i], payloads[i], outputs[i]
+            check_decoded(dec, sample, label)
             diff = (dec.to(torch.float64) - sample.to(torch.float64)).abs()
             if r.point.lossless and bool((diff > 0).any()):
                 raise CodecContractError(f"{label}: declared lossless, but decoded values differ from the input "

@@ -126,16 +126,33 @@ class UpdateRuns:
 
     # -- coding updates ------------------------------------------------------------------------
 
+    def sandboxed_payload(self, pair: LineagePair, point: UpdatePoint) -> tuple[bytes | None, CaseResult | None]:
+        """The payload of (pair, point), or, when a proposal's sandboxed codec failed (raised, timed out, crashed),
+        a case result whose ``updates.reconstruction`` record names the proposal, the call and the cause."""
+        from ..sandbox import SandboxError
+
+        try:
+            return self.payload(pair, point), None
+        except SandboxError as exc:
+            return None, CaseResult([sandbox_failure(f"{pair.id}/{point.label}", point, exc)])
+
     def reconstruction(self, pair: LineagePair, point: UpdatePoint) -> CaseResult:
         """The payload decodes on its own base to the pinned state (bit-exact when lossless), and encoding is
         deterministic."""
-        payload = self.payload(pair, point)
+        payload, failed = self.sandboxed_payload(pair, point)
+        if failed is not None:
+            return failed
         base, target = self.states(pair)
         subject = f"{pair.id}/{point.label}"
         rec, _ = check_reconstruction(subject, point.make(), base, target, payload)
         rec.details.update({"pair": pair.id, "codec": point.codec, "label": point.label, "params": dict(point.params),
                             "proposal": point.proposal})
-        again = self.encode(pair, point.make())
+        from ..sandbox import SandboxError
+
+        try:
+            again = self.encode(pair, point.make())
+        except SandboxError as exc:
+            return CaseResult([rec, sandbox_failure(subject, point, exc)])
         return CaseResult([rec, check_deterministic_encoding(subject, payload, again, proposal=point.proposal)])
 
     def accuracy(self, pair: LineagePair, point: UpdatePoint) -> CaseResult:
@@ -144,7 +161,9 @@ class UpdateRuns:
         anchor = self.session.anchor(pair.anchor)
         dataset = self.session.dataset(anchor)
         target_result = self.session.reference(pair.anchor, pair.target)
-        payload = self.payload(pair, point)
+        payload, failed = self.sandboxed_payload(pair, point)
+        if failed is not None:
+            return failed
         decoded = apply_update(self.states(pair)[0], payload)
         model = anchor.build_architecture()
         model.load_state_dict(decoded.state, strict=True)
@@ -165,7 +184,9 @@ class UpdateRuns:
 
     def payload_safety(self, pair: LineagePair, point: UpdatePoint) -> CaseResult:
         """Damaged payloads and the right payload on the wrong base (the target) are refused."""
-        payload = self.payload(pair, point)
+        payload, failed = self.sandboxed_payload(pair, point)
+        if failed is not None:
+            return failed
         base, wrong_base = self.states(pair)
         return CaseResult([check_payload_safety(f"{pair.id}/{point.label}", base, wrong_base, payload)])
 
@@ -228,3 +249,14 @@ class UpdateRuns:
                    "target_top1": target_result.top1, "lossless": decoded.header.lossless, "smoke": dataset.smoke,
                    "proposal": a.proposal}))
         return out
+
+
+def sandbox_failure(subject: str, point: UpdatePoint, exc) -> CheckRecord:
+    """The FAIL record of a case whose proposal codec failed in the sandbox (the proposal, the call, the cause)."""
+    from ..records import gate
+
+    return gate("updates.reconstruction", subject, False, measured=f"sandbox {exc.kind}", expected="decodes",
+                criterion=CRITERION, message=str(exc),
+                details={"proposal": point.proposal, "codec": point.codec, "label": point.label,
+                         "sandbox": {"kind": exc.kind, "call": exc.call, "isolation": exc.isolation,
+                                     "error_type": exc.error_type}})
