@@ -12,13 +12,15 @@ from __future__ import annotations
 from typing import Any
 
 
-def suspicious_gain(delta_ci95, acc_ref: float, claimed_tier: str | None) -> dict[str, Any] | None:
+def suspicious_gain(delta_ci95, acc_ref: float, claimed_tier: str | None, task: str = "classification"
+                    ) -> dict[str, Any] | None:
     """The flag for a paired comparison (``delta`` = test minus reference accuracy, its 95% interval
-    ``delta_ci95``): a dict when the whole interval lies above the margin of ``claimed_tier`` (no claim: the
+    ``delta_ci95``; for a lower-is-better metric such as WER pass the improvement, reference minus test): a
+    dict when the whole interval lies above the margin of ``claimed_tier`` of ``task`` (no claim: the
     strictest tier's), None otherwise."""
     from .gates import get_tier, load_tiers
 
-    tier = get_tier(claimed_tier) if claimed_tier else get_tier(next(iter(load_tiers())))
+    tier = get_tier(claimed_tier, task) if claimed_tier else get_tier(next(iter(load_tiers(task=task))), task)
     margin = tier.margin(acc_ref)
     lo, hi = float(delta_ci95[0]), float(delta_ci95[1])
     if lo <= margin:

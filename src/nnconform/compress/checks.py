@@ -138,25 +138,32 @@ def check_accuracy(subject: str, metrics: CompressionMetrics, claimed_tier: str 
                    details: dict | None = None) -> CheckRecord:
     """PASS/FAIL against the claimed tier; INFO when nothing is claimed or the data is a smoke set."""
     d = {"metrics": metrics.to_dict(), **(details or {})}
-    summary = (f"top-1 {metrics.acc:.4f} vs {metrics.acc_ref:.4f} (delta {metrics.delta:+.4f}, 95% CI "
-               f"{metrics.delta_ci95[0]:+.4f}..{metrics.delta_ci95[1]:+.4f}), agreement {metrics.agreement:.4f}, "
-               f"{metrics.bytes} bytes ({metrics.compression_ratio:.2f}x smaller), best tier met: "
+    classification = metrics.task == "classification"
+    label = "top-1" if classification else metrics.metric_label
+    summary = (f"{label} {metrics.acc:.4f} vs {metrics.acc_ref:.4f} (delta {metrics.delta:+.4f}, 95% CI "
+               f"{metrics.delta_ci95[0]:+.4f}..{metrics.delta_ci95[1]:+.4f}), "
+               + (f"agreement {metrics.agreement:.4f}, " if classification else "")
+               + f"{metrics.bytes} bytes ({metrics.compression_ratio:.2f}x smaller), best tier met: "
                f"{metrics.best_tier or 'none'}")
+    # the improvement over the anchor and the drop, in the task's better direction (WER: lower is better)
+    lo, hi = metrics.delta_ci95
+    gain_ci, drop, drop_hi = (((lo, hi), -metrics.delta, -lo) if metrics.higher_is_better
+                              else ((-hi, -lo), metrics.delta, hi))
     # significantly better than the anchor: flagged (details and message), never a pass or fail by itself
-    summary = flag(d, summary, suspicious_gain(metrics.delta_ci95, metrics.acc_ref, claimed_tier))
+    summary = flag(d, summary, suspicious_gain(gain_ci, metrics.acc_ref, claimed_tier, metrics.task))
     if smoke:
-        return CheckRecord("compression.accuracy", subject, Status.INFO, measured=metrics.agreement,
-                           expected=claimed_tier, message=f"SMOKE CHECK on {metrics.samples} images, accuracy not "
+        return CheckRecord("compression.accuracy", subject, Status.INFO,
+                           measured=metrics.agreement if classification else metrics.acc,
+                           expected=claimed_tier, message=f"SMOKE CHECK on {metrics.samples} {'images' if classification else 'samples'}, accuracy not "
                            f"gated: {summary}", criterion=CRITERION, details=d)
     if claimed_tier is None:
         return CheckRecord("compression.accuracy", subject, Status.INFO, measured=metrics.best_tier,
                            expected=None, message=f"no tier claimed; {summary}", criterion=CRITERION, details=d)
-    tier = get_tier(claimed_tier)
+    tier = get_tier(claimed_tier, metrics.task)
     ok = metrics.tiers_met[claimed_tier]
     margin = tier.margin(metrics.acc_ref)
-    drop_hi = -metrics.delta_ci95[0]
     reason = f"claimed tier {claimed_tier!r} {'met' if ok else 'NOT met'}: {metrics.tier_reasons[claimed_tier]}"
-    return gate("compression.accuracy", subject, ok, measured={"drop": -metrics.delta, "drop_ci95_upper": drop_hi},
+    return gate("compression.accuracy", subject, ok, measured={"drop": drop, "drop_ci95_upper": drop_hi},
                 expected=claimed_tier, tolerance=margin, message=f"{reason}; {summary}", criterion=CRITERION,
                 details=d)
 

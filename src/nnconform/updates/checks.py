@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from typing import Callable, Mapping
 
-import numpy as np
 import torch
 
 from .. import kit
-from ..gates import get_tier, best_tier_met, non_inferiority
+from ..gates import best_tier_met, evaluate_tier, get_tier
 from ..hashing import state_dict_sha256
 from ..kit import PayloadError
 from ..records import CheckRecord, Status, gate
-from ..stats import paired_comparison
+from ..tasks import get_task
 from ..suspicious_gain import flag, suspicious_gain
 from .codec import BaseMismatchError, UpdateCodec, apply_update
 from .compare import CheckpointComparison, LayerChange, summarize_changes
@@ -147,29 +146,36 @@ def _first_difference(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tenso
 @kit.check("updates.accuracy", "The model rebuilt from the update is non-inferior to the target checkpoint at the "
            "claimed accuracy tier (no claim: a measured rate-accuracy point)", "higher")
 def check_update_accuracy(subject: str, *, target_correct, recon_correct, claim: str | None, update_bytes: int,
-                          full_bytes: int, agreement: float, extra: dict | None = None) -> CheckRecord:
+                          full_bytes: int, agreement: float | None, extra: dict | None = None,
+                          task=None) -> CheckRecord:
     """The model rebuilt from the update is non-inferior to the target checkpoint at the claimed accuracy tier.
 
-    With no claim, the operating point is a measured point of a rate-accuracy curve (INFO).
+    ``target_correct``/``recon_correct``: the two models' per-sample scores of the anchor's ``task``
+    (classification, the default: correctness vectors); ``agreement`` (top-1 agreement) is None for a task
+    without logits. With no claim, the operating point is a measured point of a rate-accuracy curve (INFO).
     """
-    comp = paired_comparison(np.asarray(target_correct, dtype=bool), np.asarray(recon_correct, dtype=bool))
+    task = get_task(task)
+    comp = task.paired(target_correct, recon_correct)
     details = {"bytes": update_bytes, "full_bytes": full_bytes, "ratio_to_full": update_bytes / full_bytes,
                "agreement": agreement, "claim": claim, "best_tier_met": best_tier_met(comp), **comp.to_dict(),
                **(extra or {})}
     size = f"{update_bytes} bytes ({update_bytes / full_bytes:.2%} of the full checkpoint)"
     # significantly better than the target: flagged in details and message, never a verdict by itself
-    size = flag(details, size, suspicious_gain(comp.delta_ci95, comp.acc_ref, claim))
+    lo, hi = comp.delta_ci95
+    size = flag(details, size, suspicious_gain((lo, hi) if task.higher_is_better else (-hi, -lo), comp.metric_ref,
+                                               claim, task.name))
+    label = "top-1" if task.name == "classification" else task.metric_label
+    figures = (f"{label} {task.format_value(comp.metric_new)} vs target {task.format_value(comp.metric_ref)}"
+               + (f", agreement {agreement:.4%}" if agreement is not None else ""))
     if claim is None:
-        return CheckRecord("updates.accuracy", subject, Status.INFO, measured=comp.acc_new, expected=comp.acc_ref,
-                           criterion=CRITERION, details=details,
-                           message=f"{size}; top-1 {comp.acc_new:.4%} vs target {comp.acc_ref:.4%}, agreement "
-                                   f"{agreement:.4%}; best tier met: {details['best_tier_met']} (no claim)")
-    result = non_inferiority(target_correct, recon_correct, get_tier(claim))
+        return CheckRecord("updates.accuracy", subject, Status.INFO, measured=comp.metric_new,
+                           expected=comp.metric_ref, criterion=CRITERION, details=details,
+                           message=f"{size}; {figures}; best tier met: {details['best_tier_met']} (no claim)")
+    result = evaluate_tier(comp, get_tier(claim, task))
     details.update(result.to_dict())
-    return gate("updates.accuracy", subject, result.passed, measured=comp.acc_new, expected=comp.acc_ref,
+    return gate("updates.accuracy", subject, result.passed, measured=comp.metric_new, expected=comp.metric_ref,
                 tolerance=result.margin, criterion=CRITERION, details=details,
-                message=f"{size}; top-1 {comp.acc_new:.4%} vs target {comp.acc_ref:.4%}, agreement {agreement:.4%}; "
-                        f"claimed tier {claim}: {result.reason}")
+                message=f"{size}; {figures}; claimed tier {claim}: {result.reason}")
 
 
 def tamper_cases(payload: bytes) -> dict[str, bytes]:
