@@ -9,8 +9,9 @@
 * :mod:`.manifest`: ONNX model-zoo anchors, ``anchors/onnx.toml``.
 """
 
-from .cuts import CutSizes, NodeCut, OnnxSplitError, node_cuts, run_split, shapes_at, split_model
+from .cuts import (CutSizes, NodeCut, OnnxSplitError, SplitCheck, node_cuts, run_split, shapes_at, split_model,
+                   verify_split)
 from .files import OnnxFile, OnnxFileError, OnnxUnavailable, load_onnx, make_session, run_model
 
-__all__ = ["CutSizes", "NodeCut", "OnnxFile", "OnnxFileError", "OnnxSplitError", "OnnxUnavailable", "load_onnx",
-           "make_session", "node_cuts", "run_model", "run_split", "shapes_at", "split_model"]
+__all__ = ["CutSizes", "NodeCut", "OnnxFile", "OnnxFileError", "OnnxSplitError", "OnnxUnavailable", "SplitCheck",
+           "load_onnx", "make_session", "node_cuts", "run_model", "run_split", "shapes_at", "split_model", "verify_split"]

@@ -232,3 +232,47 @@ def run_split(model, cut: NodeCut, inputs: dict[str, np.ndarray], threads: int =
                                                        if k in {i.name for i in head.graph.input}})
     feed = {**features, **{k: inputs[k] for k in cut.tail_inputs}}
     return run_model(make_session(tail, threads), feed)
+
+
+#: ``tail(head(x))`` must equal the full graph within this, relative to the output's largest magnitude when
+#: above 1 (onnxruntime may fuse nodes differently on either side of a cut, which moves float rounding).
+SPLIT_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class SplitCheck:
+    """``tail(head(x))`` against the full graph at one cut: largest difference over every output."""
+
+    cut: NodeCut
+    max_abs_error: float
+    scale: float
+
+    @property
+    def tolerance(self) -> float:
+        """The allowed difference: :data:`SPLIT_TOLERANCE` x max(1, largest |output|)."""
+        return SPLIT_TOLERANCE * max(1.0, self.scale)
+
+    @property
+    def passed(self) -> bool:
+        """True when the split graph reproduces the full one within :attr:`tolerance`."""
+        return self.max_abs_error <= self.tolerance
+
+
+def verify_split(model, cut: NodeCut, inputs: dict[str, np.ndarray], *, full: dict[str, np.ndarray] | None = None,
+                 tail=None, threads: int = 1) -> SplitCheck:
+    """Compare ``tail(head(x))`` with the full graph's outputs (``full``: computed here when not given;
+    ``tail``: another tail graph to hand the head's tensors to, which is how a self-test plants a bad one)."""
+    if full is None:
+        full = run_model(make_session(model, threads), inputs)
+    if tail is None:
+        got = run_split(model, cut, inputs, threads)
+    else:
+        head, _ = split_model(model, cut)
+        head_inputs = {i.name for i in head.graph.input}
+        features = run_model(make_session(head, threads), {k: v for k, v in inputs.items() if k in head_inputs})
+        got = run_model(make_session(tail, threads), {**features, **{k: inputs[k] for k in cut.tail_inputs}})
+    if set(got) != set(full):
+        raise OnnxSplitError(f"cut after {cut.node!r}: the split graph returns {sorted(got)}, the full one {sorted(full)}")
+    err = max(float(np.max(np.abs(got[k].astype(np.float64) - full[k]))) if full[k].size else 0.0 for k in full)
+    scale = max(float(np.max(np.abs(full[k]))) if full[k].size else 0.0 for k in full)
+    return SplitCheck(cut, err, scale)
