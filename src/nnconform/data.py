@@ -46,6 +46,11 @@ class DatasetUnavailable(RuntimeError):
     """A dataset the user must supply is missing; the message says exactly what to do."""
 
 
+class DatasetLoadError(RuntimeError):
+    """A dataset the user named (``--nnc-imagenet``) could not be loaded: the cases that need it fail with
+    this message; the run never falls back to another dataset."""
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """How raw uint8 images become model input: resize, centre crop, then (x*scale - mean)/std.
@@ -76,6 +81,10 @@ class Preprocess:
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``[N, C, H, W]`` (all the same size) -> float32 model input."""
+        return self.normalize(self.geometry(images))
+
+    def geometry(self, images: torch.Tensor) -> torch.Tensor:
+        """The resize and centre crop alone: uint8 ``[N, C, H, W]`` -> uint8 (what the decoded cache stores)."""
         from torchvision.transforms.v2 import functional as F
         from torchvision.transforms import InterpolationMode
 
@@ -84,7 +93,12 @@ class Preprocess:
             x = F.resize(x, [self.resize], interpolation=InterpolationMode(self.interpolation), antialias=True)
         if self.crop is not None:
             x = F.center_crop(x, [self.crop, self.crop])
-        x = x.to(torch.float32) * self.scale
+        return x
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """``(x * scale - mean) / std`` of uint8 ``[N, C, H, W]``, elementwise, so one batch gives the same
+        bits as its images one at a time."""
+        x = images.to(torch.float32) * self.scale
         mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
         return (x - mean) / std
@@ -379,46 +393,23 @@ def load_imagenet_samples() -> ImageDataset:
     return ds
 
 
-def load_imagenet_val(source: str | None, limit: int | None = None) -> ImageDataset:
-    """ImageNet-1k validation through ``datasets``: a hub id, or a local imagefolder/parquet path."""
-    if not source:
-        raise DatasetUnavailable("ImageNet-1k validation not given: pass --nnc-imagenet with a Hugging Face hub "
-                                 "id (e.g. ILSVRC/imagenet-1k, needs access and network), a local imagefolder "
-                                 "(val/<class-index or wnid>/*.JPEG) or a folder/file of parquet shards")
-    import datasets
+def load_imagenet_val(source: str | None, *, subset: int | None = None, cache_dir=None,
+                      workers: int | None = None) -> ImageDataset:
+    """ImageNet-1k validation, labelled by the canonical class list and streamed from the decoded cache
+    (:func:`nnconform.imagenet.load_imagenet_val`)."""
+    from . import imagenet
 
-    path = Path(source)
-    try:
-        if path.is_dir() and any(path.rglob("*.parquet")):
-            hf = datasets.load_dataset("parquet", data_files=[str(p) for p in sorted(path.rglob("*.parquet"))],
-                                       split="train")
-        elif path.is_file() and path.suffix == ".parquet":
-            hf = datasets.load_dataset("parquet", data_files=[str(path)], split="train")
-        elif path.is_dir():
-            hf = datasets.load_dataset("imagefolder", data_dir=str(path), split="train")
-        elif path.exists() or "/" not in source:
-            raise DatasetUnavailable(f"--nnc-imagenet {source}: no such folder, parquet file or hub id")
-        else:
-            hf = datasets.load_dataset(source, split="validation")
-    except DatasetUnavailable:
-        raise
-    except Exception as exc:
-        raise DatasetUnavailable(f"--nnc-imagenet {source}: could not load ({type(exc).__name__}: {exc})") from exc
-    if limit is not None:
-        hf = hf.select(range(min(limit, len(hf))))
-    images = [torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
-              for im in hf["image"]]
-    labels = torch.tensor(hf["label"], dtype=torch.long)
-    fp = arrays_sha256(*(im.numpy() for im in images), labels.numpy())
-    return ImageDataset("imagenet-1k", "val", images, labels, tuple(str(i) for i in range(1000)), source, fp)
+    return imagenet.load_imagenet_val(source, subset=subset, cache_dir=cache_dir, workers=workers)
 
 
-def load_dataset(name: str, split: str = "test", *, data_dir=None, imagenet_source=None) -> ImageDataset:
-    """Load a dataset by the name anchors use in their manifests."""
+def load_dataset(name: str, split: str = "test", *, data_dir=None, imagenet_source=None,
+                 imagenet_subset: int | None = None, cache_dir=None) -> ImageDataset:
+    """Load a dataset by the name anchors use in their manifests (ImageNet: ``imagenet_subset`` images of
+    the class-balanced subset, decoded into ``cache_dir``)."""
     if name == "fashion-mnist":
         return load_fashion_mnist(split, data_dir)
     if name == "imagenet-samples":
         return load_imagenet_samples()
     if name == "imagenet-1k":
-        return load_imagenet_val(imagenet_source)
+        return load_imagenet_val(imagenet_source, subset=imagenet_subset, cache_dir=cache_dir)
     raise KeyError(f"unknown dataset {name!r}; known: fashion-mnist, imagenet-1k, imagenet-samples")
