@@ -36,7 +36,7 @@ from .hashing import sha256_file
 from .paths import anchors_dir, read_toml
 
 FAMILIES = ("zoo", "efficientnet-lite", "torchvision")
-DATASETS = ("fashion-mnist", "imagenet-1k")
+DATASETS = ("fashion-mnist", "imagenet-1k", "espeak-synth", "librivox-smoke", "librispeech")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -61,6 +61,7 @@ class Checkpoint:
     sha256: str
     top1: float | None = None
     note: str = ""
+    wer: float | None = None  # an ASR checkpoint's documented WER (instead of top1)
     preprocess: Preprocess | None = None
 
 
@@ -264,6 +265,10 @@ def _parse_preprocess(table, key: str):
 
     raw = table.get(key, dict)
     try:
+        if raw.get("kind") == "log-mel":  # speech anchors: log-mel features (nnconform.speech)
+            from .speech.features import SpeechPreprocess
+
+            return SpeechPreprocess.from_dict(raw)
         return Preprocess.from_dict(raw)
     except (TypeError, KeyError, ValueError) as exc:
         raise PlanError(f"{table.at(key)}: {exc}") from None
@@ -279,7 +284,7 @@ def _parse_checkpoint(t) -> Checkpoint:
     if weights is None:
         t.str("weights")  # raises: missing 'weights'
     return Checkpoint(name=t.str("name"), weights=weights, sha256=t.str("sha256"),
-                      top1=t.float("top1", None, min=0, max=1), note=t.str("note", ""),
+                      top1=t.float("top1", None, min=0, max=1), note=t.str("note", ""), wer=t.float("wer", None, min=0),
                       preprocess=_parse_preprocess(t, "preprocess") if t.has("preprocess") else None)
 
 

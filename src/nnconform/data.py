@@ -412,4 +412,9 @@ def load_dataset(name: str, split: str = "test", *, data_dir=None, imagenet_sour
         return load_imagenet_samples()
     if name == "imagenet-1k":
         return load_imagenet_val(imagenet_source, subset=imagenet_subset, cache_dir=cache_dir)
-    raise KeyError(f"unknown dataset {name!r}; known: fashion-mnist, imagenet-1k, imagenet-samples")
+    from .speech import DATASETS as SPEECH_DATASETS, load_speech_dataset
+
+    if name in SPEECH_DATASETS:  # speech (nnconform.speech): generated or laid out into cache_dir
+        return load_speech_dataset(name, split, cache_dir=cache_dir)
+    raise KeyError(f"unknown dataset {name!r}; known: fashion-mnist, imagenet-1k, imagenet-samples, "
+                   f"{', '.join(SPEECH_DATASETS)}")

@@ -30,7 +30,7 @@ import torch
 from ..data import DatasetUnavailable
 from ..hashing import arrays_sha256
 from .features import SpeechPreprocess
-from .text import normalize_transcript
+from .text import VOCABULARY, normalize_transcript
 
 SAMPLE_RATE = 16_000
 LIBRISPEECH_HUB_ID = "openslr/librispeech_asr"
@@ -66,6 +66,13 @@ class SpeechDataset:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def task(self):
+        """The task the evaluator scores this data with: ASR (WER) decoding the embedded vocabulary."""
+        from ..tasks import get_task
+
+        return get_task("asr", vocabulary=VOCABULARY)
 
     @property
     def lengths(self) -> torch.Tensor:

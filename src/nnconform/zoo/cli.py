@@ -33,9 +33,10 @@ class Refused(Exception):
 
 
 def _known() -> list[str]:
+    from .asr_recipe import ASR_RECIPES
     from .build import RECIPES
 
-    return [r.anchor for r in RECIPES]
+    return [r.anchor for r in RECIPES] + [r.anchor for r in ASR_RECIPES]
 
 
 def select(only: list[str] | None) -> list[str]:
@@ -80,6 +81,12 @@ def _build(root: Path, names: list[str]) -> None:
     for recipe in RECIPES:
         if recipe.anchor in names:
             update_manifest(recipe.anchor, build_anchor(recipe, root / "zoo"), root / "zoo.toml")
+    from ..paths import default_cache_dir
+    from .asr_recipe import ASR_RECIPES, build_asr_anchor
+
+    for asr in ASR_RECIPES:  # the speech corpus is generated once into the cache (NNCONFORM_CACHE_DIR)
+        if asr.anchor in names:
+            update_manifest(asr.anchor, build_asr_anchor(asr, root / "zoo", default_cache_dir()), root / "zoo.toml")
 
 
 def band_for(entry: dict, checkpoint: dict) -> float:
@@ -96,10 +103,11 @@ def compare_manifests(committed: dict, rebuilt: dict, names: list[str]) -> list[
         for ck in committed[name]["checkpoints"]:
             other = mine.get(ck["name"])
             band = band_for(committed[name], ck)
-            row = {"anchor": name, "checkpoint": ck["name"], "committed_top1": ck["top1"],
-                   "rebuilt_top1": other["top1"] if other else None, "band": band,
+            metric = "wer" if "wer" in ck else "top1"  # ASR checkpoints document their WER, in the same band
+            row = {"anchor": name, "checkpoint": ck["name"], "committed_top1": ck[metric],
+                   "rebuilt_top1": other[metric] if other else None, "band": band,
                    "same_sha256": bool(other) and other["sha256"] == ck["sha256"]}
-            row["top1_diff"] = None if other is None else round(other["top1"] - ck["top1"], 6)
+            row["top1_diff"] = None if other is None else round(other[metric] - ck[metric], 6)
             row["inside_band"] = row["top1_diff"] is not None and abs(row["top1_diff"]) <= band + 1e-9
             rows.append(row)
     return rows
