@@ -23,10 +23,11 @@ LATENCY_BATCH = 32
 
 register_check("anchor.weights_sha256", "The weights file's full sha256, computed from its bytes, is the one the "
                "manifest pins", "equal")
-register_check("anchor.accuracy", "Top-1 on the anchor's full evaluation set reproduces the documented figure within "
-               "the anchor's tolerance", "equal")
-register_check("anchor.accuracy_smoke", "On a smoke set (a few samples), the documented top-1 lies inside the 95% "
-               "Wilson interval of the observed top-1; not a measurement of the documented accuracy", "pass-fail")
+register_check("anchor.accuracy", "The task's metric (top-1, WER) on the anchor's full evaluation set reproduces the "
+               "documented figure within the anchor's tolerance", "equal")
+register_check("anchor.accuracy_smoke", "On a smoke set (a few samples), the documented figure lies inside the 95% "
+               "interval of the observed one (top-1: Wilson; other metrics: bootstrap over samples); not a "
+               "measurement of the documented accuracy", "pass-fail")
 register_check("anchor.params_macs", "Parameter and MAC counts (torch.utils.flop_counter, MACs = FLOPs / 2) match "
                "the documented figures", "equal")
 register_check("anchor.deterministic", "Two evaluations of the anchor on the same samples give bit-identical "
@@ -63,8 +64,12 @@ def logits_sha256(logits: torch.Tensor) -> str:
 
 
 def check_documented_accuracy(anchor: Anchor, dataset, result) -> CheckRecord:
-    """Top-1 against the manifest's figure: within tolerance on a full set; a smoke check on a smoke set."""
-    documented = anchor.metrics["top1"]
+    """The task's metric against the manifest's figure (``metrics.top1``, ``metrics.wer``): within tolerance
+    on a full set; a smoke check on a smoke set."""
+    task = result.task
+    documented = anchor.metrics[task.metric]
+    if task.name != "classification":
+        return _documented_metric(anchor, dataset, result, documented)
     if dataset.smoke:
         hits = int(result.correct.sum())
         lo, hi = wilson_interval(hits, len(dataset))
@@ -81,7 +86,28 @@ def check_documented_accuracy(anchor: Anchor, dataset, result) -> CheckRecord:
                         f"{len(dataset)} samples",
                 details={"dataset": f"{dataset.name}/{dataset.split}", "samples": len(dataset),
                          "fingerprint": dataset.fingerprint, "top5": result.top5,
-                         "logits_sha256": logits_sha256(result.logits)})
+                         "logits_sha256": logits_sha256(result.outputs)})
+
+
+def _documented_metric(anchor: Anchor, dataset, result, documented: float) -> CheckRecord:
+    """``anchor.accuracy``/``anchor.accuracy_smoke`` of a task other than classification (WER): the smoke
+    interval is the task's bootstrap over samples."""
+    task, measured = result.task, result.metric
+    details = {"dataset": f"{dataset.name}/{dataset.split}", "samples": len(dataset), "task": task.name,
+               "metric": task.metric, "fingerprint": dataset.fingerprint, "logits_sha256": logits_sha256(result.outputs)}
+    if dataset.smoke:
+        lo, hi = task.interval(result.scores)
+        return gate("anchor.accuracy_smoke", anchor.name, lo <= documented <= hi, measured=measured,
+                    expected=documented, tolerance=[lo, hi], criterion=CRITERION, details={**details, "smoke": True},
+                    message=f"SMOKE CHECK on {len(dataset)} {dataset.name} samples: {task.metric_label} "
+                            f"{task.format_value(measured)}, 95% bootstrap interval {task.format_value(lo)}.."
+                            f"{task.format_value(hi)}; documented {task.format_value(documented)}")
+    diff = measured - documented
+    return gate("anchor.accuracy", anchor.name, abs(diff) <= anchor.tolerance, measured=measured,
+                expected=documented, tolerance=anchor.tolerance, criterion=CRITERION, details=details,
+                message=f"{task.metric_label} {task.format_value(measured)} vs documented "
+                        f"{task.format_value(documented)} (difference {diff * 100:+.2f} points) on {len(dataset)} "
+                        f"samples")
 
 
 def documented_params_macs(anchor: Anchor) -> tuple[dict[str, int], float]:
@@ -110,13 +136,15 @@ def check_params_macs(anchor: Anchor) -> CheckRecord:
 
 
 def check_deterministic(anchor: Anchor, model: torch.nn.Module, dataset, samples: int = 1000) -> CheckRecord:
-    """Evaluate the first ``samples`` samples twice; the logits must be bit-identical."""
-    from .evaluate import forward_logits
+    """Evaluate the first ``samples`` samples twice; the outputs (logits) must be bit-identical."""
+    from .evaluate import DEFAULT_BATCH_SIZE, forward_outputs, resolve_task
 
+    task = resolve_task(dataset, getattr(dataset, "task", None) or anchor.task)
     sample = dataset.subset(range(min(len(dataset), samples)))
-    first = forward_logits(model, sample, anchor.preprocess)
-    second = forward_logits(model, sample, anchor.preprocess)
-    differing = int((first != second).any(1).sum())
+    first = forward_outputs(model, sample, anchor.preprocess, DEFAULT_BATCH_SIZE, task)
+    second = forward_outputs(model, sample, anchor.preprocess, DEFAULT_BATCH_SIZE, task)
+    differing = int((first != second).reshape(first.shape[0], -1).any(1).sum()) if first.shape == second.shape \
+        else len(sample)
     return gate("anchor.deterministic", anchor.name, torch.equal(first, second), measured=differing, expected=0,
                 criterion=CRITERION, message=f"{differing} of {len(sample)} samples differ between two runs")
 

@@ -18,14 +18,17 @@ import torch
 from .base import SampleScores, Task, register_task
 
 _SPACES = re.compile(r"\s+")
+_APOSTROPHES = frozenset("'\u2019")
 
 
 def normalize_text(text: str) -> str:
     """The WER text normalization, applied to references and hypotheses alike: lower case (Unicode
-    ``str.lower``), every punctuation character (Unicode categories P*, apostrophes and hyphens included)
-    deleted, runs of whitespace collapsed to one space, leading/trailing whitespace stripped."""
+    ``str.lower``); apostrophes (' and U+2019) deleted, so "Don't" and "dont" are one word; every other
+    punctuation character (Unicode categories P*: hyphens, dashes, commas, quotes, ...) replaced by a space;
+    runs of whitespace collapsed to one space and leading/trailing whitespace stripped."""
     lowered = text.lower()
-    kept = "".join(ch for ch in lowered if not unicodedata.category(ch).startswith("P"))
+    kept = "".join("" if ch in _APOSTROPHES else " " if unicodedata.category(ch).startswith("P") else ch
+                   for ch in lowered)
     return _SPACES.sub(" ", kept).strip()
 
 

@@ -156,6 +156,18 @@ class Task:
                                 n=ref.n, metric_ref=self.aggregate(ref), metric_new=self.aggregate(new),
                                 delta_ci95=(float(lo), float(hi)))
 
+    def interval(self, scores: SampleScores, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                 level: float = 0.95) -> tuple[float, float]:
+        """Bootstrap percentile interval of the aggregate over resampled samples (fixed seed): how precisely a
+        small set (a smoke set) measures the metric."""
+        if scores.n == 0:
+            raise ValueError(f"{self.name}: interval of an empty set")
+        rng = np.random.default_rng(seed)
+        draws = rng.integers(0, scores.n, size=(resamples, scores.n))
+        alpha = (1.0 - level) / 2
+        lo, hi = np.nanquantile(self.aggregate_resamples(scores, draws), [alpha, 1 - alpha])
+        return float(lo), float(hi)
+
     def format_value(self, value: float) -> str:
         """A metric value as a person reads it (a percentage for a fraction-valued metric)."""
         return f"{value:.4%}"
