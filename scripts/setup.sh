@@ -40,6 +40,10 @@ APT_PKGS=()
 [ -f "$FMNIST" ] || APT_PKGS+=(dataset-fashion-mnist)
 # bubblewrap: the OS sandbox proposal code runs in (nnconform.sandbox; without it, a plain subprocess)
 command -v bwrap >/dev/null || APT_PKGS+=(bubblewrap)
+# The embedded ASR anchor: espeak-ng speaks its synthetic corpus (nnconform.speech.synth), and
+# pocketsphinx-testdata ships the five LibriVox utterances of the real-speech smoke set.
+command -v espeak-ng >/dev/null || APT_PKGS+=(espeak-ng)
+[ -f /usr/share/pocketsphinx/test/data/librivox/transcription ] || APT_PKGS+=(pocketsphinx-testdata)
 if ! command -v chromium >/dev/null || ! { command -v chromedriver >/dev/null || [ -x /usr/bin/chromedriver ]; }; then
   APT_PKGS+=(chromium chromium-driver)
 fi
@@ -50,6 +54,10 @@ if [ ${#APT_PKGS[@]} -gt 0 ]; then
     if [ ! -f "$FMNIST" ]; then
       echo "note: Fashion-MNIST is not installed. Run 'sudo apt-get install dataset-fashion-mnist', or pass"
       echo "      --nnc-data-dir DIR with the four IDX files; otherwise those cases skip saying so."
+    fi
+    if [[ " ${APT_PKGS[*]} " == *" espeak-ng "* || " ${APT_PKGS[*]} " == *" pocketsphinx-testdata "* ]]; then
+      echo "note: the ASR anchor's data needs 'sudo apt-get install espeak-ng pocketsphinx-testdata';"
+      echo "      otherwise its cases skip saying so."
     fi
     if [[ " ${APT_PKGS[*]} " == *" chromium "* ]]; then
       echo "note: headless Chromium is not installed. Run 'sudo apt-get install chromium chromium-driver'"
