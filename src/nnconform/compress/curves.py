@@ -36,7 +36,9 @@ def case_rows(records: Iterable) -> list[dict[str, Any]]:
                      "method_metadata": d.get("method_metadata") or {},
                      "subject": r.subject, "status": r.status.value if hasattr(r.status, "value") else r.status,
                      "claimed_tier": d.get("claimed_tier"), "config": d.get("config", {}),
-                     "top1": m["acc"], "top1_ref": m["acc_ref"], **{k: m.get(k) for k in CURVE_METRICS if k in m},
+                     # "top1" holds the anchor's task metric (WER for speech): metric_label says which
+                     "top1": m["acc"], "top1_ref": m["acc_ref"], "metric_label": m.get("metric_label", "top-1 accuracy"),
+                     **{k: m.get(k) for k in CURVE_METRICS if k in m},
                      "delta_ci95": m.get("delta_ci95"), "mcnemar_p": m.get("mcnemar_p"),
                      "worst_class": m.get("worst_class"), "best_tier": m.get("best_tier"),
                      "bytes_ref": m.get("bytes_ref"), "params_ref": m.get("params_ref"), "macs_ref": m.get("macs_ref"),

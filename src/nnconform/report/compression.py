@@ -44,12 +44,15 @@ def section(ctx: ReportContext) -> str:
     for r in rows:
         ci = r.get("delta_ci95") or [None, None]
         ms = latency.get(r["subject"])
+        logits_only = r.get("mcnemar_p") is not None  # classification; other tasks have no McNemar/KL/class
         table.append([r["anchor"], r["method"], r["label"], r["bytes"], f"{r['compression_ratio']:.2f}x",
-                      _pct(r["top1"]), f"{r['delta']:+.2%} [{ci[0]:+.2%}, {ci[1]:+.2%}]", f"{r['mcnemar_p']:.3g}",
-                      _pct(r["agreement"]), f"{r['mean_kl']:.4f}", f"{r['worst_class']} {r['worst_class_drop']:+.1%}",
+                      _metric(r), f"{r['delta']:+.2%} [{ci[0]:+.2%}, {ci[1]:+.2%}]",
+                      f"{r['mcnemar_p']:.3g}" if logits_only else "-", _pct(r["agreement"]) if logits_only else "-",
+                      f"{r['mean_kl']:.4f}" if logits_only else "-",
+                      f"{r['worst_class']} {r['worst_class_drop']:+.1%}" if logits_only else "-",
                       _pct(r["mac_reduction"]), _pct(r["param_reduction"]), r["best_tier"] or "none",
                       r["claimed_tier"] or "-", r["status"].upper(), "" if ms is None else f"{ms * 1e3:.2f}"])
-    out += [md_table(["anchor", "method", "point", "bytes", "ratio", "top-1", "delta [95% CI]", "McNemar p",
+    out += [md_table(["anchor", "method", "point", "bytes", "ratio", "metric", "delta [95% CI]", "McNemar p",
                       "agreement", "KL", "worst class", "MAC red.", "param red.", "tier met", "claimed", "status",
                       "ms/32"], table), "",
             "Bytes are lengths of the artifacts the evaluation decoded; the ratio is to the anchor's float32 "
@@ -109,6 +112,12 @@ def _summary_plots(ctx: ReportContext, prefix: str) -> list[str]:
             if key.startswith(prefix) and rel.endswith(".png")]
 
 
+def _metric(row: dict) -> str:
+    """A case's task metric with its name: "top-1 89.37%", "WER 4.21%"."""
+    label = row.get("metric_label") or "top-1 accuracy"
+    return f"{'top-1' if label == 'top-1 accuracy' else label} {_pct(row['top1'])}"
+
+
 def summary(ctx: ReportContext) -> str:
     """Executive summary: per anchor and method, bytes, ratio, top-1, delta with its 95% CI and the
     accuracy tier met (beside the one claimed); then the size-accuracy plots the section drew."""
@@ -125,9 +134,9 @@ def summary(ctx: ReportContext) -> str:
             delta += f" [{ci[0]:+.2%}, {ci[1]:+.2%}]"
         table.append([r["anchor"], r["method"], r["label"], r.get("bytes"),
                       "" if r.get("compression_ratio") is None else f"{r['compression_ratio']:.2f}x",
-                      _pct(r["top1"]), delta, r["best_tier"] or "none", r["claimed_tier"] or "-",
+                      _metric(r), delta, r["best_tier"] or "none", r["claimed_tier"] or "-",
                       r["status"].upper()])
-    return "\n".join([md_table(["anchor", "method", "point", "bytes", "ratio", "top-1", "delta [95% CI]",
+    return "\n".join([md_table(["anchor", "method", "point", "bytes", "ratio", "metric", "delta [95% CI]",
                                 "tier met", "claimed", "status"], table), ""]
                      + _summary_plots(ctx, "compression/plot/"))
 

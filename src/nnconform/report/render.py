@@ -109,6 +109,14 @@ def executive_summary(run, summaries: dict[str, str]) -> list[str]:
     return lines
 
 
+def _task_metric(anchor: dict) -> tuple[str, str]:
+    """The metric key and name of an anchor's task ("top1", "top-1 accuracy"; "wer", "WER")."""
+    from ..tasks import TASKS
+
+    task = TASKS.get(anchor.get("task") or "classification")
+    return task.metric, task.metric_label
+
+
 def detail_lines(run, results: dict, sections: dict[str, str], base: str | None = None, *,
                  full: bool = True) -> list[str]:
     """Anchors, datasets, methods and tiers, then each criterion's own section, then latency (names link to their
@@ -118,9 +126,9 @@ def detail_lines(run, results: dict, sections: dict[str, str], base: str | None 
 
     methods = methods_in_records(results.get("records", []))
     lines = ["## Details", "", "### Anchors", "",
-             md_table(["anchor", "family", "dataset", "params", "MACs", "documented top-1", "weights", "sha256"],
+             md_table(["anchor", "family", "dataset", "params", "MACs", "metric", "documented", "weights", "sha256"],
                       [[ref_link(n, base, "anchor", n), a["family"], ref_link(a["dataset"], base, "dataset", a["dataset"]),
-                        a["num_params"], a["macs"], a["metrics"].get("top1"),
+                        a["num_params"], a["macs"], _task_metric(a)[1], a["metrics"].get(_task_metric(a)[0]),
                         a["weights"], a["sha256"]] for n, a in run.anchors_used.items()]),
              "", "### Datasets", "",
              md_table(["dataset", "samples", "fingerprint (sha256)", "source", "kind"],
