@@ -94,7 +94,7 @@ class UpdateRuns:
         documented = anchor.checkpoint(checkpoint).top1
         hits = int(result.correct.sum())
         ci = wilson_interval(hits, len(dataset))
-        details = {"anchor": anchor_name, "checkpoint": checkpoint, "index": index, "top1": result.top1,
+        details = {"anchor": anchor_name, "checkpoint": checkpoint, "index": index, "top1": result.metric,
                    "ci95": list(ci), "documented": documented, "smoke": dataset.smoke,
                    "preprocess": anchor.preprocess_for(checkpoint).to_dict(), "dataset": dataset.name}
         subject = f"{anchor_name}/{checkpoint}"
@@ -169,15 +169,15 @@ class UpdateRuns:
         model.load_state_dict(decoded.state, strict=True)
         result = self.session.evaluator.evaluate(model.eval(), dataset, decoded.preprocess or anchor.preprocess)
         extra = {"pair": pair.id, "anchor": pair.anchor, "kind": pair.kind, "codec": point.codec,
-                 "label": point.label, "params": dict(point.params), "top1": result.top1,
-                 "target_top1": target_result.top1, "lossless": decoded.header.lossless, "smoke": dataset.smoke,
+                 "label": point.label, "params": dict(point.params), "top1": result.metric,
+                 "target_top1": target_result.metric, "lossless": decoded.header.lossless, "smoke": dataset.smoke,
                  "proposal": point.proposal}
         # 20 images cannot support a non-inferiority margin of 1% or less
         claim = None if dataset.smoke else point.claim_for(pair.kind)
-        rec = check_update_accuracy(f"{pair.id}/{point.label}", target_correct=target_result.correct,
-                                    recon_correct=result.correct, claim=claim, update_bytes=len(payload),
-                                    full_bytes=self.full_bytes(pair),
-                                    agreement=top1_agreement(target_result.logits, result.logits), extra=extra)
+        rec = check_update_accuracy(f"{pair.id}/{point.label}", target_correct=target_result.scores,
+                                    recon_correct=result.scores, claim=claim, update_bytes=len(payload),
+                                    full_bytes=self.full_bytes(pair), agreement=_agreement(target_result, result),
+                                    extra=extra, task=result.task)
         if dataset.smoke:
             rec.message = f"SMOKE (not gated on {len(dataset)} images): {rec.message}"
         return CaseResult([rec])
@@ -241,12 +241,12 @@ class UpdateRuns:
             out.records.append(check_size_claim(subject, len(data), a.claimed_bytes, proposal=a.proposal))
         result = self.session.evaluator.evaluate(model.eval(), dataset, decoded.preprocess or anchor.preprocess)
         out.records.append(check_update_accuracy(
-            subject, target_correct=target_result.correct, recon_correct=result.correct,
+            subject, target_correct=target_result.scores, recon_correct=result.scores, task=result.task,
             claim=None if dataset.smoke else a.claimed_tier, update_bytes=len(data), full_bytes=self.full_bytes(pair),
-            agreement=top1_agreement(target_result.logits, result.logits),
+            agreement=_agreement(target_result, result),
             extra={"pair": pair.id, "anchor": a.anchor, "kind": pair.kind, "codec": decoded.header.codec,
-                   "label": f"{a.proposal}-{a.label}", "params": decoded.header.config, "top1": result.top1,
-                   "target_top1": target_result.top1, "lossless": decoded.header.lossless, "smoke": dataset.smoke,
+                   "label": f"{a.proposal}-{a.label}", "params": decoded.header.config, "top1": result.metric,
+                   "target_top1": target_result.metric, "lossless": decoded.header.lossless, "smoke": dataset.smoke,
                    "proposal": a.proposal}))
         return out
 
@@ -260,3 +260,10 @@ def sandbox_failure(subject: str, point: UpdatePoint, exc) -> CheckRecord:
                 details={"proposal": point.proposal, "codec": point.codec, "label": point.label,
                          "sandbox": {"kind": exc.kind, "call": exc.call, "isolation": exc.isolation,
                                      "error_type": exc.error_type}})
+
+
+def _agreement(target_result, result) -> float | None:
+    """Top-1 agreement of two classifiers' logits; None for a task without logits (ASR)."""
+    if result.task.name != "classification":
+        return None
+    return top1_agreement(target_result.logits, result.logits)
