@@ -212,9 +212,10 @@ def decoded_cache(index, preprocess: Preprocess, cache_dir: str | Path | None, w
     geometry = geometry_key(preprocess)
     spec = {"version": CACHE_VERSION, "source": index.fingerprint, "images": len(index), "geometry": geometry}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
-    if key in _OPEN:
-        return _OPEN[key]
     root = Path(cache_dir or default_cache_dir()) / "decoded"
+    memo = f"{root.resolve()}/{key}"
+    if memo in _OPEN:
+        return _OPEN[memo]
     store = ContentStore(root, "decoded image cache")
     shape = (len(index), preprocess.channels, preprocess.crop, preprocess.crop)
     entry = store.get(key)
@@ -231,8 +232,8 @@ def decoded_cache(index, preprocess: Preprocess, cache_dir: str | Path | None, w
         elif _sha256_path(path) != meta.get("sha256"):
             problem = f"array file {path} does not match its sha256 (changed bytes)"
         if problem is None:
-            _OPEN[key] = DecodedCache(path, shape)
-            return _OPEN[key]
+            _OPEN[memo] = DecodedCache(path, shape)
+            return _OPEN[memo]
         store.report_corrupt(key, problem)
         if path.is_file():
             path.unlink(missing_ok=True)
@@ -243,8 +244,8 @@ def decoded_cache(index, preprocess: Preprocess, cache_dir: str | Path | None, w
     path, digest = _build(index, preprocess, root / "blobs", shape, workers, stats)
     store.put(key, {"spec.json": json.dumps(spec, sort_keys=True).encode()},
               {"sha256": digest, "bytes": path.stat().st_size, "shape": list(shape)})
-    _OPEN[key] = DecodedCache(path, shape, built=stats)
-    return _OPEN[key]
+    _OPEN[memo] = DecodedCache(path, shape, built=stats)
+    return _OPEN[memo]
 
 
 def forget_open_caches() -> None:

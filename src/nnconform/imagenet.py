@@ -44,6 +44,7 @@ from .store import ContentStore
 DOCUMENTED_EVAL_SIZE = 50_000
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 _WNID = re.compile(r"n\d{8}")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # owner/name; anything else is a local path
 INDEX_VERSION = "1"
 
 
@@ -353,10 +354,11 @@ def load_imagenet_val(source: str | None, *, subset: int | None = None, cache_di
     try:
         if path.is_dir() and not any(path.rglob("*.parquet")):
             index = index_folder(path, Path(cache_dir) if cache_dir else default_cache_dir())
-        elif path.exists() or "/" in source:
+        elif path.exists() or _HUB_ID.fullmatch(source):
             index = index_rows(source)
         else:
-            raise DatasetLoadError(f"--nnc-imagenet {source}: no such folder, parquet file or hub id")
+            raise DatasetLoadError(f"--nnc-imagenet {source}: no such folder or parquet file, and not a hub id "
+                                   f"(owner/name)")
     except DatasetLoadError:
         raise
     except Exception as exc:  # the boundary of a user-named source: its reason, never a fall-back

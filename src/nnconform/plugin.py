@@ -51,6 +51,12 @@ def _threads(value: str) -> int:
     return n
 
 
+def _subset_size(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise pytest.UsageError(f"--nnc-imagenet-subset {value!r}: give a positive number of images")
+    return int(value)
+
+
 def _run_id(value: str) -> str:
     try:
         return check_run_id(value)
@@ -86,7 +92,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--nnc-data-dir", default=None, type=_existing_dir, metavar="DIR",
         help="folder holding the Fashion-MNIST IDX files (default: /usr/share/datasets/fashion-mnist)")
     add("--nnc-imagenet", default=None, metavar="SOURCE",
-        help="ImageNet-1k validation: Hugging Face hub id, local imagefolder or parquet path")
+        help="ImageNet-1k validation: Hugging Face hub id, local imagefolder or parquet path; a source that does "
+             "not load fails the ImageNet cases (no fall-back to the 20-image smoke set)")
+    add("--nnc-imagenet-subset", default=None, type=_subset_size, metavar="N",
+        help="with --nnc-imagenet: evaluate the fixed class-balanced subset of N images (each class's first "
+             "images in file order, round-robin over classes); judged by its confidence interval")
     add("--nnc-cache-dir", default=None, metavar="DIR",
         help="evaluation cache (default: <rootdir>/.cache/nnconform, or $NNCONFORM_CACHE_DIR)")
     add("--nnc-report-dir", default=None, metavar="DIR",
@@ -159,6 +169,8 @@ def pytest_configure(config: pytest.Config) -> None:
     anchors = config.getoption("--nnc-anchors")
     if anchors is None:
         anchors = _proposal_anchors(proposals) or "default"
+    if config.getoption("--nnc-imagenet-subset") and not config.getoption("--nnc-imagenet"):
+        raise pytest.UsageError("--nnc-imagenet-subset needs --nnc-imagenet SOURCE (the smoke set has 20 images)")
     if config.getoption("--nnc-proposal-only") and not proposals:
         raise pytest.UsageError("--nnc-proposal-only needs --nnc-proposal PATH")
     cache = config.getoption("--nnc-cache-dir")
@@ -168,6 +180,7 @@ def pytest_configure(config: pytest.Config) -> None:
         tier=config.getoption("--nnc-tier"),
         data_dir=config.getoption("--nnc-data-dir"),
         imagenet=config.getoption("--nnc-imagenet"),
+        imagenet_subset=config.getoption("--nnc-imagenet-subset"),
         cache_dir=Path(cache) if cache else default_cache_dir(config.rootpath),
         report_dir=Path(report) if report else default_report_dir(config.rootpath),
         run_id=config.getoption("--nnc-run-id"),

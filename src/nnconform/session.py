@@ -62,6 +62,7 @@ class RunConfig:
     tier: str = "default"
     data_dir: str | None = None
     imagenet: str | None = None
+    imagenet_subset: int | None = None  # --nnc-imagenet-subset: the class-balanced subset's size
     cache_dir: Path | None = None
     report_dir: Path | None = None
     run_id: str | None = None
@@ -214,15 +215,20 @@ class ConformanceSession:
         return value
 
     def dataset(self, anchor: Anchor | str, split: str = "test") -> ImageDataset:
-        """The anchor's evaluation dataset; falls back to the offline ImageNet samples (a smoke set)."""
-        from .data import DatasetUnavailable, load_dataset
+        """The anchor's evaluation dataset; without ``--nnc-imagenet``, the offline ImageNet samples (a smoke
+        set). A ``--nnc-imagenet`` that does not load raises its :class:`DatasetLoadError` (never a fall-back)."""
+        from .data import DatasetLoadError, DatasetUnavailable, load_dataset
 
         anchor = self.anchor(anchor) if isinstance(anchor, str) else anchor
         key = (anchor.dataset, split)
         if key not in self._datasets:
             try:
                 ds = load_dataset(anchor.dataset, split, data_dir=self.config.data_dir,
-                                  imagenet_source=self.config.imagenet)
+                                  imagenet_source=self.config.imagenet, imagenet_subset=self.config.imagenet_subset,
+                                  cache_dir=self.config.cache_dir)
+            except DatasetLoadError as exc:  # the source the user named: its cases fail with the reason
+                self._datasets[key] = exc
+                raise
             except DatasetUnavailable as exc:
                 if anchor.dataset != "imagenet-1k":
                     self._datasets[key] = exc
@@ -234,7 +240,8 @@ class ConformanceSession:
                     raise self._datasets[key] from None
             self._datasets[key] = ds
             self.datasets_used[f"{ds.name}/{ds.split}"] = {"fingerprint": ds.fingerprint, "samples": len(ds),
-                                                          "source": ds.source, "smoke": ds.smoke}
+                                                          "source": ds.source, "smoke": ds.smoke,
+                                                          "notes": list(ds.notes)}
         value = self._datasets[key]
         if isinstance(value, Exception):
             raise value
