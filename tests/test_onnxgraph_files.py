@@ -38,6 +38,17 @@ def test_a_pinned_file_loads_and_runs(onnx_file):
     assert loaded.counts() == (64 * 64, 64 * 64)  # params and MACs read from the graph
 
 
+def test_onnxruntime_runs_give_the_same_bytes_twice(onnx_file):
+    from nnconform.onnxgraph.files import make_session, run_model
+
+    model = load_onnx(onnx_file).model
+    x = np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)
+    first, second = (run_model(make_session(model, threads=1), x)["y"] for _ in range(2))
+    assert first.tobytes() == second.tobytes()
+    with pytest.raises(ValueError, match=r"inputs \['x'\] of the graph were not given"):
+        run_model(make_session(model), {"z": x})
+
+
 def test_a_wrong_sha256_fails_naming_the_file(onnx_file):
     with pytest.raises(OnnxFileError, match=r"m\.onnx: sha256 is [0-9a-f]{64} .* but 0{64} is pinned"):
         load_onnx(onnx_file, "0" * 64)
@@ -129,7 +140,8 @@ def test_a_truncated_anchor_file_fails_on_its_size(tmp_path):
     resnet = all_onnx_anchors()["onnx-resnet50-v1"]
     (tmp_path / "onnx").mkdir()
     (tmp_path / "onnx" / resnet.file).write_bytes(b"\x08\x07" * 1000)
-    with pytest.raises(OnnxFileError, match=r"resnet50-v1-7\.onnx: 2,000 bytes, but .* is 102,583,340 bytes \(truncated\)"):
+    with pytest.raises(OnnxFileError,
+                       match=r"resnet50-v1-7\.onnx: 2,000 bytes, but .* is 102,583,340 bytes \(truncated\)"):
         resnet.load(tmp_path)
 
 

@@ -31,6 +31,12 @@ def exported():
     return out
 
 
+@pytest.fixture(scope="module")
+def matches(exported):
+    """Every fx cut of each anchor matched to its ONNX cut, once."""
+    return {name: match_fx_cuts(graph, proto) for name, (_, graph, proto) in exported.items()}
+
+
 def _x(shape, seed=0):
     return np.random.default_rng(seed).standard_normal((2, *shape)).astype(np.float32)
 
@@ -118,14 +124,14 @@ def test_constants_are_not_branches_and_old_ir_graphs_split():
 
 
 @pytest.mark.parametrize("anchor_name", ANCHORS)
-def test_cuts_agree_with_the_torch_fx_catalogue(exported, anchor_name):
-    _, graph, proto = exported[anchor_name]
-    matches = match_fx_cuts(graph, proto)
-    assert len(matches) == len(graph.cuts)
-    bad = [f"{m.fx_name}: {m.problems}" for m in matches if not m.agrees]
+def test_cuts_agree_with_the_torch_fx_catalogue(exported, matches, anchor_name):
+    _, graph, _ = exported[anchor_name]
+    matched = matches[anchor_name]
+    assert len(matched) == len(graph.cuts)
+    bad = [f"{m.fx_name}: {m.problems}" for m in matched if not m.agrees]
     assert not bad, bad
     committed = entry(anchor_name)  # anchors/split-catalogue.toml
-    by_name = {m.fx_name: m for m in matches}
+    by_name = {m.fx_name: m for m in matched}
     for name, shape in committed.single:
         assert by_name[name].onnx.branches == 1
         assert by_name[name].onnx_shapes == (tuple(shape),), name
@@ -133,12 +139,12 @@ def test_cuts_agree_with_the_torch_fx_catalogue(exported, anchor_name):
     assert all(by_name[n].onnx.branches >= 2 for n in committed.multi)
 
 
-def test_shapes_at_other_sizes_agree_with_torch_fx(exported):
+def test_shapes_at_other_sizes_agree_with_torch_fx(exported, matches):
     for name, size in (("fmnist-resnet8", (40, 40)), ("fmnist-lenet5", (32, 32))):
         _, graph, proto = exported[name]
         fx = graph.shapes_at((1, *size))
         by_index = {s.cut.index: s for s in shapes_at(proto, node_cuts(proto), size)}
-        for m in match_fx_cuts(graph, proto):
+        for m in matches[name]:
             got = tuple(None if s is None else s[1:] for s in by_index[m.onnx.index].shapes)
             if m.fx_name in fx:
                 assert got == fx[m.fx_name], (name, m.fx_name)

@@ -14,4 +14,5 @@ from .cuts import (CutSizes, NodeCut, OnnxSplitError, SplitCheck, node_cuts, run
 from .files import OnnxFile, OnnxFileError, OnnxUnavailable, load_onnx, make_session, run_model
 
 __all__ = ["CutSizes", "NodeCut", "OnnxFile", "OnnxFileError", "OnnxSplitError", "OnnxUnavailable", "SplitCheck",
-           "load_onnx", "make_session", "node_cuts", "run_model", "run_split", "shapes_at", "split_model", "verify_split"]
+           "load_onnx", "make_session", "node_cuts", "run_model", "run_split", "shapes_at", "split_model",
+           "verify_split"]

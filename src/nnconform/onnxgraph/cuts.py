@@ -272,7 +272,8 @@ def verify_split(model, cut: NodeCut, inputs: dict[str, np.ndarray], *, full: di
         features = run_model(make_session(head, threads), {k: v for k, v in inputs.items() if k in head_inputs})
         got = run_model(make_session(tail, threads), {**features, **{k: inputs[k] for k in cut.tail_inputs}})
     if set(got) != set(full):
-        raise OnnxSplitError(f"cut after {cut.node!r}: the split graph returns {sorted(got)}, the full one {sorted(full)}")
+        raise OnnxSplitError(f"cut after {cut.node!r}: the split graph returns {sorted(got)}, "
+                             f"the full one {sorted(full)}")
     err = max(float(np.max(np.abs(got[k].astype(np.float64) - full[k]))) if full[k].size else 0.0 for k in full)
     scale = max(float(np.max(np.abs(full[k]))) if full[k].size else 0.0 for k in full)
     return SplitCheck(cut, err, scale)

@@ -150,7 +150,8 @@ def _load(folder: Path) -> dict[str, OnnxAnchor]:
 
     clash = sorted(set(anchors) & set(all_anchors()))
     if clash:
-        raise OnnxManifestError(f"{folder / FILE_NAME}: anchor name(s) {clash} are also torch anchors; names are unique")
+        raise OnnxManifestError(f"{folder / FILE_NAME}: anchor name(s) {clash} are also torch anchors; "
+                                "names are unique")
     return anchors
 
 
