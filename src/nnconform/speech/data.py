@@ -320,11 +320,17 @@ def build_librivox_layout(target: str | Path, source: str | Path = POCKETSPHINX_
         if not wav.is_file():
             raise SpeechDataError(f"{listing}:{n}: {wav} is missing")
         utt = f"0-1-{int(stem.rsplit('-', 1)[-1]):04d}"
-        dest = chapter / f"{utt}.wav"
-        dest.write_bytes(wav.read_bytes())
+        _write_atomic(chapter / f"{utt}.wav", wav.read_bytes())
         lines.append(f"{utt} {text.upper()}")
-    (chapter / "0-1.trans.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _write_atomic(chapter / "0-1.trans.txt", ("\n".join(lines) + "\n").encode("utf-8"))
     return target
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write by rename, so runs sharing a cache folder never read a half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def load_librivox_smoke(cache_dir: str | Path) -> SpeechDataset:
