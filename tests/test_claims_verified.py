@@ -60,3 +60,25 @@ def test_a_claiming_point_none_of_whose_cases_ran_is_not_verified():
     out = claims_record(P, records, [ran, skipped_over, measured])
     assert not out.passed and (out.measured, out.expected) == (1, 2)
     assert "no case of this point ran in this run" in out.message and skipped_over.id in out.message
+
+
+def test_a_split_case_carries_its_proposal_point():
+    """A split case's parameter is a CodedCase holding the point: the plugin finds the proposal's point in it, so
+    a split case that skips fails as not verified like the other criteria's (a reference point is no claim)."""
+    from nnconform.proposal.checks import proposal_point_of
+    from nnconform.split.plan import SplitPoint
+    from nnconform.split.runs import CodedCase
+
+    point = SplitPoint(label="sq8", family="q", codec="uniform", claimed_tier="99%", proposal=P)
+    reference = SplitPoint(label="uq8", family="q", codec="uniform", claimed_tier="99%")
+    assert proposal_point_of(["fmnist-lenet5", CodedCase("fmnist-lenet5", "features", point, "quick")]) is point
+    assert proposal_point_of(["fmnist-lenet5", CodedCase("fmnist-lenet5", "features", reference, "quick")]) is None
+    assert proposal_point_of(["fmnist-lenet5", "features"]) is None
+
+
+def test_an_update_claim_measured_on_a_smoke_set_is_not_verified():
+    """On a smoke set an update point's accuracy is measured (INFO, 'SMOKE' prefix), never gated: its claim fails
+    as not verified instead of passing with the prefix."""
+    smoke = rec("updates.accuracy", Status.INFO, message="SMOKE (not gated on 20 images): top-1 ...")
+    reason = unverified_reason("99%", [rec("updates.reconstruction", Status.PASS), smoke])
+    assert reason and "'99%' was measured but not gated (updates.accuracy: SMOKE (not gated on 20 images)" in reason

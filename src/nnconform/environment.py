@@ -151,4 +151,12 @@ def environment_manifest() -> dict[str, Any]:
         "seeds": {"bootstrap_seed": BOOTSTRAP_SEED, "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
                   "torch_manual_seed": 0},
         "determinism": {"torch.use_deterministic_algorithms": torch.are_deterministic_algorithms_enabled()},
+        "sandbox": _sandbox(),
     }
+
+
+def _sandbox() -> dict[str, str]:
+    """The isolation proposal code gets in this run (bubblewrap, or the plain-subprocess fallback and why)."""
+    from .sandbox import isolation, isolation_note
+
+    return {"isolation": isolation(), "note": isolation_note()}

@@ -374,11 +374,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 def _proposal_point(item: pytest.Item):
     """The proposal operating point a case runs (None for reference methods and anchors)."""
+    from .proposal.checks import proposal_point_of
+
     callspec = getattr(item, "callspec", None)
-    for value in (callspec.params.values() if callspec else ()):
-        if isinstance(getattr(value, "proposal", None), str) and value.proposal and hasattr(value, "claims"):
-            return value
-    return None
+    return proposal_point_of(callspec.params.values() if callspec else ())
 
 
 def _skip_reason(report: pytest.TestReport) -> str:

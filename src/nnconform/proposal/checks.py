@@ -70,6 +70,17 @@ def claimed_tier_of(point, params: dict) -> str | None:
     return getattr(point, "claimed_tier", None)
 
 
+def proposal_point_of(values: Iterable):
+    """The proposal operating point among a case's parameter values (None for reference methods and anchors): a
+    point itself (compression, updates) or the point a case parameter carries (a split case's ``.point``)."""
+    for value in values:
+        for candidate in (value, getattr(value, "point", None)):
+            if isinstance(getattr(candidate, "proposal", None), str) and candidate.proposal \
+                    and hasattr(candidate, "claims"):
+                return candidate
+    return None
+
+
 def point_key(point) -> str:
     """The key the plugin tags a proposal point's records with (``details["proposal_point"]``)."""
     return f"{type(point).__name__}:{point.id}"
