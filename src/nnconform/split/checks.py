@@ -15,7 +15,6 @@ import torch
 from .. import kit
 from ..gates import best_tier_met, load_tiers, non_inferiority
 from ..records import CheckRecord, Status, gate
-from ..stats import paired_comparison
 from ..suspicious_gain import flag, suspicious_gain
 from .bdrate import bd_rate, upper_envelope
 from .catalogue import UPDATE_COMMAND, CatalogueEntry
@@ -248,14 +247,18 @@ def codec_records(anchor: str, cut: str, point, study) -> list[CheckRecord]:
         return [_record(CheckRecord(
             "split.codec_contract", subject, Status.FAIL if r.error_kind == "contract" else Status.ERROR,
             message=r.error, traceback=r.traceback, details={"point": point.to_dict()}))]
-    comparison = paired_comparison(study.ref_correct, r.correct)
+    comparison = study.task.paired(study.ref_scores, r.scores)
     details = {**r.to_dict(), "point": point.to_dict(), "ref_top1": study.ref_top1,
                "raw_bits": 32 * study.graph.cut(cut).numel, "best_tier": best_tier_met(comparison),
                "comparison": comparison.to_dict(), "dataset": study.dataset, "smoke": study.smoke}
+    classifier = study.task.name == "classification"
     summary = (f"{r.bits_per_sample:.0f} bits/sample ({r.bits_per_sample / details['raw_bits']:.2%} of fp32), "
-               f"top-1 {r.top1:.4f} vs {study.ref_top1:.4f}, agreement {r.agreement:.4f}")
+               f"{'top-1' if classifier else study.task.metric_label} {r.top1:.4f} vs {study.ref_top1:.4f}"
+               + (f", agreement {r.agreement:.4f}" if classifier else ""))
     # significantly better than the uncoded model: flagged in details and message, never a verdict by itself
-    summary = flag(details, summary, suspicious_gain(comparison.delta_ci95, comparison.acc_ref, point.claimed_tier))
+    lo, hi = comparison.delta_ci95
+    summary = flag(details, summary, suspicious_gain((lo, hi) if comparison.higher_is_better else (-hi, -lo),
+                                                     comparison.metric_ref, point.claimed_tier, study.task.name))
     records = []
     if point.lossless:
         same = torch.equal(r.logits, study.ref_logits)
@@ -264,7 +267,7 @@ def codec_records(anchor: str, cut: str, point, study) -> list[CheckRecord]:
             message=("logits bit-identical to the uncoded model" if same else
                      "a lossless point changed the logits") + f"; {summary}", details=details)))
     if point.claimed_tier and not study.smoke:
-        result = non_inferiority(study.ref_correct, r.correct, point.claimed_tier)
+        result = non_inferiority(study.ref_scores, r.scores, point.claimed_tier, study.task)
         records.append(_record(gate(
             "split.codec_accuracy", subject, result.passed, measured=r.top1, expected=study.ref_top1,
             tolerance=point.claimed_tier, message=f"{result.reason}; {summary}", details=details)))
@@ -334,7 +337,8 @@ def candidates(study, timings: Mapping[str, float], input_numel: int) -> list[Ca
         absent = [k for k in keys if k not in timings]
         if absent:
             raise KeyError(f"{study.anchor}: no timings for {absent}")
-        met = frozenset(name for name in tiers if non_inferiority(study.ref_correct, r.correct, name).passed)
+        met = frozenset(name for name in tiers
+                        if non_inferiority(study.ref_scores, r.scores, name, study.task).passed)
         t = [timings[k] for k in keys]
         out.append(Candidate(cut, pid, r.bytes_per_sample, t[0], t[2], t[3], t[1], met, r.top1))
     return out + bounds(timings["model"], input_numel, tiers, study.ref_top1)
@@ -352,7 +356,7 @@ def check_selection(anchor: str, scenario, study, cands: Sequence[Candidate]) ->
             admissible.append(c)
             continue
         r = study.result(c.cut, c.codec)
-        if non_inferiority(study.ref_correct, r.correct, tier).passed:
+        if non_inferiority(study.ref_scores, r.scores, tier, study.task).passed:
             admissible.append(c)
     fastest = min(end_to_end(c, scenario.device, scenario.server, scenario.link).total_s for c in admissible)
     ok = sel.best is not None and math.isclose(sel.best.total_s, fastest, rel_tol=1e-12) \
@@ -378,7 +382,7 @@ def check_kpi(anchor: str, kpi, study) -> CheckRecord:
         if not r.ok:
             continue
         fits = kpi.met_by(max(r.payload_bytes))
-        keeps = non_inferiority(study.ref_correct, r.correct, kpi.accuracy_tier).passed
+        keeps = non_inferiority(study.ref_scores, r.scores, kpi.accuracy_tier, study.task).passed
         rows.append({"cut": cut, "codec": pid, "max_payload_bytes": max(r.payload_bytes),
                      "transfer_ms": kpi.transfer_ms(max(r.payload_bytes)), "fits": fits, "keeps_tier": keeps})
         if fits and keeps:

@@ -268,6 +268,7 @@ class SplitRuns:
             resolution_numel=resolution_scaling(graph, resolutions),
             dataset=f"{dataset.name}/{dataset.split}", smoke=dataset.smoke, cache=cache,
             determinism_checks=DETERMINISM_CHECKS,
+            task=getattr(dataset, "task", None) or anchor.task,  # a speech dataset carries its task (vocabulary)
         )
 
 

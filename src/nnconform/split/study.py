@@ -19,6 +19,7 @@ import torch
 
 from ..progress import progress
 from ..stats import mean_kl_divergence, top1_agreement
+from ..tasks import SampleScores, Task, get_task
 from .codecs import CodecContractError, check_decoded, check_payload
 from .cuts import SplitGraph
 from .features import CutProfile, FeatureStats, FeatureStatsAccumulator
@@ -32,8 +33,10 @@ class CodedResult:
     cut: str
     point: OperatingPoint
     payload_bytes: list[int] = field(default_factory=list)
-    logits: torch.Tensor | None = None
-    correct: np.ndarray | None = None
+    logits: torch.Tensor | None = None  # the coded split model's outputs (logits for a classifier)
+    correct: np.ndarray | None = None  # classification only
+    scores: SampleScores | None = None  # the task's per-sample scores: what the gates compare
+    metric: float | None = None  # the task's metric (top-1, WER)
     agreement: float | None = None
     kl: float | None = None
     max_abs_error: float = 0.0
@@ -67,8 +70,10 @@ class CodedResult:
 
     @property
     def top1(self) -> float:
-        """Top-1 accuracy of the coded split model."""
-        return float(self.correct.mean()) if self.correct is not None else float("nan")
+        """The task's metric of the coded split model (top-1 accuracy for a classifier)."""
+        if self.correct is not None:
+            return float(self.correct.mean())
+        return self.metric if self.metric is not None else float("nan")
 
     @property
     def mse(self) -> float:
@@ -100,16 +105,26 @@ class SplitStudy:
     smoke: bool = False
     profiles: dict[str, CutProfile] = field(default_factory=dict)  # every cut, multi cuts included
     resolution_numel: dict[str, dict[str, int]] = field(default_factory=dict)
+    task: Task = field(default_factory=get_task)
 
     @property
     def ref_correct(self) -> np.ndarray:
-        """Per-sample correctness of the uncoded model on the study's samples."""
+        """Per-sample correctness of the uncoded model on the study's samples (classification)."""
         return (self.ref_logits.argmax(1) == self.labels).numpy()
 
     @property
+    def ref_scores(self) -> SampleScores:
+        """The task's per-sample scores of the uncoded model (computed once)."""
+        if "_ref_scores" not in self.__dict__:
+            self.__dict__["_ref_scores"] = self.task.scores(self.ref_logits, self.labels)
+        return self.__dict__["_ref_scores"]
+
+    @property
     def ref_top1(self) -> float:
-        """Top-1 of the uncoded model on the study's samples."""
-        return float(self.ref_correct.mean())
+        """The task's metric of the uncoded model on the study's samples (top-1 for a classifier)."""
+        if self.task.name == "classification":
+            return float(self.ref_correct.mean())
+        return self.task.aggregate(self.ref_scores)
 
     def result(self, cut: str, point_id: str) -> CodedResult:
         """One (cut, operating point) result; KeyError naming what was studied otherwise."""
@@ -133,12 +148,14 @@ def run_study(anchor: str, graph: SplitGraph, batches: Iterable[tuple[torch.Tens
               stats_samples: int = 256, determinism_checks: int = 2,
               profiles: Mapping[str, CutProfile] | None = None,
               resolution_numel: Mapping[str, Mapping[str, int]] | None = None,
-              dataset: str = "", smoke: bool = False, cache=None) -> SplitStudy:
-    """Run the study; ``coded`` maps a single cut to the operating points coded there.
+              dataset: str = "", smoke: bool = False, cache=None, task: Task | str | None = None) -> SplitStudy:
+    """Run the study; ``coded`` maps a single cut to the operating points coded there; ``task`` (classification by
+    default) scores the outputs.
 
     With a :class:`~nnconform.split.cache.SplitResultCache`, (cut, point) results stored by an earlier
     run are read back instead of coded again; the forward pass (statistics, reference logits) always runs.
     """
+    task = get_task(task)
     for cut in coded:
         if not graph.cut(cut).single:
             raise ValueError(f"{anchor}: cut {cut!r} hands over {graph.cut(cut).num_tensors} tensors; "
@@ -173,7 +190,10 @@ def run_study(anchor: str, graph: SplitGraph, batches: Iterable[tuple[torch.Tens
         for x, y in batches:
             line.update(len(y))
             out, feats = probe(x)
-            labels.append(y)
+            if isinstance(y, torch.Tensor):
+                labels.append(y)
+            else:  # transcripts: a list per batch
+                labels.extend(y)
             ref_logits.append(out)
             take = max(0, min(len(y), stats_samples - seen))
             if take:
@@ -185,15 +205,18 @@ def run_study(anchor: str, graph: SplitGraph, batches: Iterable[tuple[torch.Tens
                     _code_batch(r, codecs[(cut, pid)], feats[cut], tails[cut], determinism_checks - r.determinism_checked)
             seen += len(y)
 
-    labels_t = torch.cat(labels)
-    ref = torch.cat(ref_logits)
+    labels_t = torch.cat(labels) if labels and isinstance(labels[0], torch.Tensor) else tuple(labels)
+    ref = task.concat_outputs(ref_logits)
     for r in results.values():
         if r.ok:
-            r.logits = torch.cat(r._chunks)
+            r.logits = task.concat_outputs(r._chunks)
             r._chunks.clear()
-            r.correct = (r.logits.argmax(1) == labels_t).numpy()
-            r.agreement = top1_agreement(ref, r.logits)
-            r.kl = mean_kl_divergence(ref, r.logits)
+            r.scores = task.scores(r.logits, labels_t)
+            r.metric = task.aggregate(r.scores)
+            if task.name == "classification":  # logits-only figures
+                r.correct = r.scores["correct"]
+                r.agreement = top1_agreement(ref, r.logits)
+                r.kl = mean_kl_divergence(ref, r.logits)
             if cache is not None and (r.cut, r.point.id) not in cached:
                 cache.store(r.cut, _cache_point(r.point, codecs[(r.cut, r.point.id)]), codecs[(r.cut, r.point.id)], r)
         else:
@@ -202,7 +225,7 @@ def run_study(anchor: str, graph: SplitGraph, batches: Iterable[tuple[torch.Tens
              for cut, a in acc.items()}
     return SplitStudy(anchor=anchor, graph=graph, labels=labels_t, ref_logits=ref, stats=stats, coded=results,
                       dataset=dataset, smoke=smoke, profiles=dict(profiles or {}),
-                      resolution_numel={k: dict(v) for k, v in (resolution_numel or {}).items()})
+                      resolution_numel={k: dict(v) for k, v in (resolution_numel or {}).items()}, task=task)
 
 
 def _cache_point(p: OperatingPoint, codec=None) -> dict:

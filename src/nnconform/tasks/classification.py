@@ -19,6 +19,8 @@ def _correct(scores) -> np.ndarray:
         if scores.task != ClassificationTask.name:
             raise ValueError(f"classification: got {scores.task} scores")
         return scores["correct"]
+    if scores is None:
+        raise ValueError("classification: no per-sample scores (the model was not evaluated)")
     if isinstance(scores, torch.Tensor):
         scores = scores.detach().cpu().numpy()
     return np.asarray(scores, dtype=bool).reshape(-1)
