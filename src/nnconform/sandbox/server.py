@@ -75,8 +75,9 @@ class ServerKey:
     work_root: str | None
 
 
-def _empty(folder: Path) -> bool:
-    """Remove everything inside ``folder`` (the folder itself stays: it is a mount point); False if not all went."""
+def _empty(folder: Path, keep: str | None = None) -> bool:
+    """Remove everything inside ``folder`` but the entry ``keep`` (the folder stays: it is a mount point);
+    False if not everything went."""
     def retry(fn, path, _exc):
         # a call may have taken the write permission off a folder it made; the gate gives it back
         try:
@@ -86,13 +87,27 @@ def _empty(folder: Path) -> bool:
             pass
 
     try:
-        os.chmod(folder, stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+        os.chmod(folder, stat.S_IRWXU)
         for entry in os.scandir(folder):
+            if entry.name == keep:
+                continue
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path, onerror=retry)
             else:
                 os.unlink(entry.path)
-        return not any(os.scandir(folder))
+        return all(e.name == keep for e in os.scandir(folder))
+    except OSError:
+        return False
+
+
+def _reset(folder: Path, was: os.stat_result) -> bool:
+    """Give a kept folder back what a call may have changed on it: mode, extended attributes, times."""
+    try:
+        for name in os.listxattr(folder, follow_symlinks=False):
+            os.removexattr(folder, name, follow_symlinks=False)
+        os.chmod(folder, stat.S_IMODE(was.st_mode))
+        os.utime(folder, ns=(was.st_atime_ns, was.st_mtime_ns), follow_symlinks=False)
+        return True
     except OSError:
         return False
 
@@ -119,6 +134,8 @@ class SandboxServer:
         self.sock: socket.socket | None = None
         self.log_path = self.work / "log"
         self.calls = 0
+        # the folders bound into the view stay (mount points), so what a call may change on them is restored
+        self.kept = {p: os.stat(p) for p in (*self.dirs.values(), self.dirs["scratch"] / "tmp")}
         #: set when the server must not take another call (unclean, failed); the next call replaces it
         self.retire = False
 
@@ -302,12 +319,16 @@ class SandboxServer:
     def _after_call(self) -> None:
         """Empty every writable place and the inputs; a server that cannot be made clean is retired."""
         ok = True
+        tmp = self.dirs["scratch"] / "tmp"
+        # /tmp is bound from scratch/tmp: a call may rename it away, and then the view cannot be restored
+        intact = (tmp.is_dir() and not tmp.is_symlink()
+                  and os.stat(tmp).st_ino == self.kept[tmp].st_ino and _empty(tmp))
         for name in ("in", "out", "scratch", "shm", "ctl"):
-            ok = _empty(self.dirs[name]) and ok
-        try:
-            (self.dirs["scratch"] / "tmp").mkdir()  # /tmp is bound from here: the same folder must exist again
-        except OSError:
-            ok = False
+            ok = _empty(self.dirs[name], keep="tmp" if name == "scratch" and intact else None) and ok
+        ok = ok and intact
+        for path, st in self.kept.items():
+            if path != tmp or intact:
+                ok = _reset(path, st) and ok
         if self.key.mode != BUBBLEWRAP and self.key.proposal_dir is not None:
             from ..proposal.tree import TreeError, tree_sha256
 

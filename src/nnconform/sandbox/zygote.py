@@ -189,11 +189,12 @@ def _run(request: dict, control: int, scratch: str, isolated: bool) -> dict:
             break
         if time.monotonic() >= deadline:
             timed_out = True
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except OSError:
-                pass
-            kill_others(isolated)  # the child's whole tree, setsid()'d descendants included
+            for kill in (os.killpg, os.kill):
+                try:
+                    kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            # the child's status first (the sweep below reaps whatever it finds); then the rest of its tree
             got, status, usage = os.wait4(pid, 0)
             break
         time.sleep(pause)
@@ -260,7 +261,10 @@ def main(argv: list[str] | None = None) -> int:
         if request.get("op") != "call":
             reply = {"error": f"unknown op {request.get('op')!r}"}
         else:
-            reply = _run(request, control, scratch, isolated)
+            try:
+                reply = _run(request, control, scratch, isolated)
+            except Exception as exc:  # the gate replaces a server that cannot run a call, and reruns it
+                reply = {"error": f"{type(exc).__name__}: {exc}"}
         sys.stderr.flush()
         sock.sendall((json.dumps(reply) + "\n").encode())
     kill_others(isolated)
