@@ -250,3 +250,64 @@ def test_evaluator_scores_with_the_task_and_keeps_the_cache_key(tmp_path):
     again = Evaluator(tmp_path).evaluate(model, data, pre)  # from disk: the transcripts come from the dataset
     assert torch.equal(again.outputs, result.outputs) and again.labels == tuple(data.labels) and again.metric == 0.0
     assert result.key == cache_key(model, data, pre, ev.batch_size)
+
+
+# -- the criteria's accuracy gates on an ASR anchor ------------------------------------------------------
+
+def _asr_pair(worse_every):
+    refs = _utterances(300, seed=5)
+    anchor_out = _outputs(_degrade(refs, 10))
+    return refs, anchor_out, _outputs(_degrade(_degrade(refs, 10), worse_every) if worse_every else _degrade(refs, 10))
+
+
+@pytest.mark.parametrize("worse_every, claim, passes", [(None, "transparent", True), (2, "99%", False)])
+def test_compression_accuracy_gate_on_wer(worse_every, claim, passes):
+    from nnconform.compress.checks import check_accuracy
+    from nnconform.compress.metrics import compute_metrics
+
+    refs, anchor_out, new_out = _asr_pair(worse_every)
+    m = compute_metrics(anchor_out, new_out, refs, (), bytes_ref=400, nbytes=100, params_ref=1, params=1, macs_ref=1,
+                        macs=1, task=get_task("asr", vocabulary=VOCAB))
+    assert m.task == "asr" and m.metric_label == "WER" and m.mcnemar_p is None and m.agreement is None
+    rec = check_accuracy("asr-anchor-int8", m, claim)
+    assert rec.passed is passes, rec.message
+    assert rec.measured["drop"] == pytest.approx(m.acc - m.acc_ref)  # WER increase, in WER units
+    assert rec.message.startswith(f"claimed tier {claim!r} {'met' if passes else 'NOT met'}")
+    assert "WER" in rec.message and "agreement" not in rec.message
+
+
+@pytest.mark.parametrize("worse_every, passes", [(None, True), (2, False)])
+def test_update_accuracy_gate_on_wer(worse_every, passes):
+    from nnconform.updates.checks import check_update_accuracy
+
+    task = get_task("asr", vocabulary=VOCAB)
+    refs, target_out, recon_out = _asr_pair(worse_every)
+    rec = check_update_accuracy("asr/epoch1->epoch2/nnc", target_correct=task.scores(target_out, refs),
+                                recon_correct=task.scores(recon_out, refs), claim="99%", update_bytes=10,
+                                full_bytes=100, agreement=None, task=task)
+    assert rec.passed is passes, rec.message
+    assert rec.measured == pytest.approx(task.aggregate(task.scores(recon_out, refs)))
+    assert rec.details["task"] == "asr" and rec.details["tier"] == "99%"
+
+
+def test_anchor_accuracy_on_wer_fails_outside_the_tolerance():
+    from types import SimpleNamespace
+
+    from nnconform.anchor_checks import check_documented_accuracy
+    from nnconform.evaluate import EvalResult
+
+    refs = _utterances(200, seed=7)
+    task = get_task("asr", vocabulary=VOCAB)
+    result = EvalResult(_outputs(_degrade(refs, 4)), tuple(refs), "k", task)
+    wer = result.metric
+    data = type("D", (), {"name": "speech", "split": "test", "smoke": False, "fingerprint": "f" * 64,
+                          "__len__": lambda self: 200})()
+    good = SimpleNamespace(name="asr-x", metrics={"wer": wer + 0.001}, tolerance=0.005)
+    bad = SimpleNamespace(name="asr-x", metrics={"wer": wer + 0.02}, tolerance=0.005)
+    assert check_documented_accuracy(good, data, result).passed
+    rec = check_documented_accuracy(bad, data, result)
+    assert not rec.passed and rec.measured == pytest.approx(wer) and "WER" in rec.message
+    data.smoke = True  # smoke: judged by the bootstrap interval of the WER over utterances
+    assert check_documented_accuracy(good, data, result).passed
+    assert not check_documented_accuracy(SimpleNamespace(name="asr-x", metrics={"wer": 0.5}, tolerance=0.005),
+                                         data, result).passed
