@@ -39,12 +39,16 @@ _CHUNK = 32  # rows per loader item: few messages, small enough to balance acros
 
 
 def decode_rgb(data: bytes) -> torch.Tensor:
-    """Encoded image bytes -> uint8 ``[3, H, W]`` (PIL, converted to RGB), as the in-memory loaders decode."""
+    """Encoded image bytes -> uint8 ``[3, H, W]`` (PIL, converted to RGB), as the in-memory loaders decode.
+
+    The tensor keeps PIL's pixel-interleaved layout (channels-last strides): torch's antialiased resize
+    has a fast kernel for it (about 1.6 ms against tens of ms per ImageNet image) with the same values
+    as on a contiguous copy (a self-test compares the results with the in-memory path bit for bit)."""
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
         arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
 @lru_cache(maxsize=4)
@@ -69,12 +73,11 @@ def geometry_key(preprocess: Preprocess) -> dict:
     if preprocess.crop is None:
         raise ValueError(f"the decoded cache needs a fixed output size: preprocessing {preprocess.to_dict()} has no "
                          f"crop")
-    import PIL
-    import torchvision
+    from importlib.metadata import version  # not `import torchvision`: its import alone takes seconds
 
     return {"resize": preprocess.resize, "crop": preprocess.crop, "interpolation": preprocess.interpolation,
-            "channels": preprocess.channels, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "pillow": PIL.__version__}
+            "channels": preprocess.channels, "torch": torch.__version__, "torchvision": version("torchvision"),
+            "pillow": version("pillow")}
 
 
 class _DecodeJob(torch.utils.data.Dataset):
