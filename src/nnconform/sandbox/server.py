@@ -281,7 +281,8 @@ class SandboxServer:
             dataio.dump_json(document, dirs["ctl"] / "call.json")
             os.truncate(self.log_path, 0)
             started = time.monotonic()
-            request = {"op": "call", "document": str(self.inside["ctl"] / "call.json"), "timeout_s": timeout_s}
+            request = {"op": "call", "id": self.calls, "document": str(self.inside["ctl"] / "call.json"),
+                       "timeout_s": timeout_s}
             try:
                 assert self.sock is not None
                 self.sock.sendall((json.dumps(request) + "\n").encode())
@@ -296,7 +297,7 @@ class SandboxServer:
                                       self.key.memory_bytes, 0,
                                       time.monotonic() - started, self.key.tree_sha256, "")
             seconds = time.monotonic() - started
-            if "error" in reply or not isinstance(reply.get("timed_out"), bool):
+            if "error" in reply or not isinstance(reply.get("timed_out"), bool) or reply.get("id") != self.calls:
                 raise ServerUnavailable(f"the sandbox server answered {reply!r}")
             self.calls += 1
             if not reply.get("clean", False):
@@ -312,6 +313,10 @@ class SandboxServer:
             return runner.collect(dirs["out"], mode, proposal, call, returncode, reply["timed_out"], timeout_s,
                                   self.key.memory_bytes, int(reply.get("maxrss", 0)) * 1024, seconds,
                                   self.key.tree_sha256, stderr)
+        except BaseException as exc:
+            if not isinstance(exc, SandboxError):  # interrupted mid-call (Ctrl-C): its answer may still come
+                self.retire = True
+            raise
         finally:
             if self.alive():
                 self._after_call()

@@ -10,8 +10,8 @@ removes what a call can leave in the sandbox's IPC namespace (System V objects, 
 queues) and in its keyrings. The gate empties the writable folders (out, scratch, /tmp, /dev/shm)
 and the inputs after each answer, so the next child starts from a fork of the clean server.
 
-Messages are JSON lines: ``{"op": "call", "document": PATH, "timeout_s": S}`` -> ``{"exit": N |
-null, "signal": N | null, "timed_out": bool, "maxrss": KiB, "clean": bool, "problem": str}``.
+Messages are JSON lines: ``{"op": "call", "id": N, "document": PATH, "timeout_s": S}`` -> ``{"id": N,
+"exit": N | null, "signal": N | null, "timed_out": bool, "maxrss": KiB, "clean": bool, "problem": str}``.
 """
 
 from __future__ import annotations
@@ -265,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
                 reply = _run(request, control, scratch, isolated)
             except Exception as exc:  # the gate replaces a server that cannot run a call, and reruns it
                 reply = {"error": f"{type(exc).__name__}: {exc}"}
+        reply["id"] = request.get("id")
         sys.stderr.flush()
         sock.sendall((json.dumps(reply) + "\n").encode())
     kill_others(isolated)
