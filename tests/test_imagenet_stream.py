@@ -148,3 +148,23 @@ def test_small_set_judged_by_its_interval():
     full = _accuracy(35_000, 50_000)
     assert full.check_id == "anchor.accuracy" and not full.passed
     assert _accuracy(37_560, 50_000).passed
+
+
+def test_conformance_run_with_a_bad_source_fails(tmp_path):
+    """End to end: the anchor's accuracy case fails with the loader's message; no smoke check is recorded."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bad = tmp_path / "imagenet" / "val" / "cats"
+    bad.mkdir(parents=True)
+    (bad / "a.JPEG").write_bytes(b"x")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(root / "conformance" / "test_anchors.py"),
+                           "-p", "no:cacheprovider", "-q", "--nnc-anchors", "efficientnet-lite0", "--nnc-threads", "1",
+                           "--nnc-cache-dir", str(tmp_path / "cache"), "--nnc-no-report", "-k", "documented_accuracy",
+                           "--nnc-imagenet", str(tmp_path / "imagenet")],
+                          capture_output=True, text=True, cwd=root, timeout=600)
+    assert proc.returncode == 1, proc.stdout[-2000:]
+    assert "DatasetLoadError" in proc.stdout and "['cats']" in proc.stdout and "verdict: FAIL" in proc.stdout
+    assert "SMOKE CHECK" not in proc.stdout
