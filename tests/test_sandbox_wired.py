@@ -127,3 +127,43 @@ def test_sandbox_cheat_fails_the_gate(name, tmp_path):
     assert any(expected["message"] in r["message"] for r in failing), [r["message"] for r in failing]
     assert expected["message"] in proc.stdout, "the failure message must reach the terminal too"
     assert all(c["outcome"] in ("passed", "failed") for c in results["cases"]), results["cases"]
+
+
+def test_the_study_codes_a_batch_in_one_encode_and_one_shuffled_decode():
+    """A batch is one ``encode_many`` (plus fresh copies for the determinism check) and one ``decode_many`` whose
+    payloads come in a seeded order other than the encoding order; the decoded tensors are put back in place."""
+    from dataclasses import dataclass
+
+    from nnconform.split.codecs import FeatureCodec
+    from nnconform.split.plan import SplitPoint
+    from nnconform.split.study import CodedResult, _code_batch
+
+    class Tagging(FeatureCodec):
+        """The payload is the sample's index; decoding returns the sample it names (kept by the test)."""
+
+        name = "tagging"
+
+        @dataclass(frozen=True)
+        class Config(kit.MethodConfig):
+            """No parameters."""
+
+        calls: list = []
+
+        def encode_many(self, tensors):
+            self.calls.append(("encode", len(tensors)))
+            return [int(t[0, 0, 0]).to_bytes(2, "big") for t in tensors]
+
+        def decode_many(self, payloads):
+            self.calls.append(("decode", [int.from_bytes(p, "big") for p in payloads]))
+            return [batch[int.from_bytes(p, "big")].clone() for p in payloads]
+
+    batch = torch.arange(16, dtype=torch.float32)[:, None, None, None].expand(16, 2, 2, 2).contiguous()
+    r = CodedResult("cut", SplitPoint(label="t", family="t", codec="tagging", lossless=True))
+    codec = Tagging()
+    _code_batch(r, codec, batch, lambda x: x.flatten(1)[:, :3], determinism_left=2)
+    assert r.error is None, r.error
+    assert codec.calls[0] == ("encode", 18)  # 16 samples and fresh copies of the first two
+    order = codec.calls[1][1]
+    assert codec.calls[1][0] == "decode" and sorted(order) == list(range(16)) and order != list(range(16))
+    assert len(codec.calls) == 2 and r.max_abs_error == 0.0 and r.determinism_checked == 2
+    assert torch.equal(r._chunks[0], batch.flatten(1)[:, :3])  # every decoded tensor back in its sample's place

@@ -1,7 +1,8 @@
 """Proposals: third-party methods (or artifacts) run against the anchors and the reference methods.
 
 ``pytest conformance/ --proposal path/to/proposal.toml`` checks the manifest
-(:func:`load_proposal`), imports the proposal's code so its compressors and codecs register, and
+(:func:`load_proposal`), runs the proposal's code in the sandbox to learn the compressors and codecs it
+registers (each becomes a proxy whose calls are sandboxed processes: :mod:`.sandboxed`), and
 adds its operating points to the criteria it applies to, each with the claim it makes there. The
 run's exit code is the CI gate: non-zero when the manifest has a problem or a claim is not met.
 ``python -m nnconform.proposal check MANIFEST`` runs the checker alone.
@@ -16,7 +17,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from . import artifacts  # noqa: F401  (registers the `submitted-artifact` compressor)
-from .check import MANIFEST_NAME, SCHEMA_PATH, import_proposal_module, load_proposal, proposal_schema, resolve_manifest
+from .check import MANIFEST_NAME, SCHEMA_PATH, load_proposal, proposal_schema, resolve_manifest
 from .manifest import NO_CLAIM, Problem, Proposal, SubmittedFile
 
 _ACTIVE: list[Proposal] = []
@@ -61,5 +62,5 @@ def split_points():
 
 __all__ = ["MANIFEST_NAME", "NO_CLAIM", "SCHEMA_PATH", "Problem",
            "Proposal", "SubmittedFile", "activate",
-           "active_proposals", "compression_points", "import_proposal_module", "load_proposal", "proposal_schema",
+           "active_proposals", "compression_points", "load_proposal", "proposal_schema",
            "resolve_manifest", "split_points", "update_artifacts", "update_points"]

@@ -3,7 +3,8 @@
 Every problem is collected, not just the first: the TOML syntax, then the committed JSON Schema
 (``proposal.schema.json``: required fields, types, hash format), then what a schema cannot know:
 that the anchors and checkpoints exist, that claimed tiers are tiers of ``anchors/tiers.toml``,
-that the proposal's code imports and registers every method it names with configs that build,
+that the proposal's code (run in the sandbox, never here) registers every method it names with
+configs that build,
 that the operating points do not collide with the reference methods', and that every submitted
 file exists with the sha256 the manifest pins. Each problem names the file and the field.
 """
@@ -12,17 +13,12 @@ from __future__ import annotations
 
 import difflib
 import functools
-import importlib
-import importlib.util
 import json
-import sys
 import tomllib
-import traceback
 from pathlib import Path
 from typing import Any, Iterable
 
 from ..hashing import sha256_bytes, sha256_file
-from ..kit.methods import PROPOSAL_MODULE_PREFIX
 from .manifest import NO_CLAIM, Problem, Proposal, SubmittedFile
 
 SCHEMA_PATH = Path(__file__).with_name("proposal.schema.json")
@@ -115,27 +111,6 @@ class _Checker:
             else:
                 message = error.message
             self.problem(where, message)
-
-    def load_code(self, module: Path | None, package: str | None) -> None:
-        if module is not None:
-            if not module.is_file():
-                self.problem("proposal.module", f"no such file {module}")
-                return
-            try:
-                import_proposal_module(module)
-            except BaseException as exc:  # a broken proposal's import is its own problem, never the run's
-                if isinstance(exc, KeyboardInterrupt):
-                    raise
-                tb = traceback.format_exception(exc)
-                self.problem("proposal.module", f"importing {module} raised {type(exc).__name__}: {exc} "
-                                                f"(at {tb[-2].strip().splitlines()[0] if len(tb) > 1 else '?'})")
-        if package is not None:
-            try:
-                importlib.import_module(package)
-            except BaseException as exc:
-                if isinstance(exc, KeyboardInterrupt):
-                    raise
-                self.problem("proposal.package", f"importing package {package!r} raised {type(exc).__name__}: {exc}")
 
     def describe_code(self, name: str, module: str | None, package: str | None, pinned: str | None, data: dict):
         """Run the proposal's code in the sandbox (never here) to register proxies of its methods and check the
@@ -232,8 +207,9 @@ class _Checker:
 def load_proposal(path: str | Path, *, import_code: bool = True) -> Proposal:
     """Read and check a proposal manifest; the returned :class:`Proposal` lists every problem found.
 
-    With ``import_code`` the proposal's ``module`` (or ``package``) is imported, which registers its
-    methods, so that the names and configs it claims can be checked.
+    With ``import_code`` the proposal's ``module`` (or ``package``) is loaded **in the sandbox**, never in this
+    process (:mod:`nnconform.proposal.sandboxed`): what it registers becomes proxy methods here, and the
+    configs it claims are checked by its own code there.
     """
     manifest = resolve_manifest(path)
     ck = _Checker(manifest)
@@ -532,29 +508,3 @@ def _artifacts(ck: _Checker, data: dict, name: str, tier_ok, anchor_ok, get_anch
                 if point is not None:
                     upd.append(point)
     return tuple(comp), tuple(upd)
-
-
-# ---------------------------------------------------------------------------------------------
-# Importing a proposal's code (once per process: its registrations must not run twice)
-
-_IMPORTED: dict[Path, Any] = {}
-
-
-def import_proposal_module(path: Path):
-    """Import a proposal's ``.py`` file (once per process); its top level registers its methods."""
-    path = Path(path).resolve()
-    if path in _IMPORTED:
-        return _IMPORTED[path]
-    mod_name = f"{PROPOSAL_MODULE_PREFIX}{sha256_bytes(str(path).encode())[:12]}"
-    spec = importlib.util.spec_from_file_location(mod_name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(mod_name, None)
-        raise
-    _IMPORTED[path] = module
-    return module
