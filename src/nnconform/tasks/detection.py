@@ -1,0 +1,245 @@
+"""Object detection (TR 26.847 scenario 2, MPEG FCM): dense per-location outputs decoded to detections,
+mAP@[.5:.95] computed the COCO way.
+
+A detector's output is one fixed-shape tensor ``[N, L, 4 + C]`` per batch: per location the box
+(x1, y1, x2, y2 in input pixels) and ``C`` class logits. The task decodes it (sigmoid scores, score
+threshold, top-k candidates, boxes without area dropped, class-wise NMS with ``torchvision.ops.batched_nms``, at most
+``max_detections`` per image) and matches the detections to the ground truth exactly as pycocotools'
+COCOeval does for bounding boxes (area range "all", 100 detections, no crowd regions): per image and
+class, detections by descending score greedily take the unmatched ground-truth box of highest IoU >= t,
+for t in 0.50:0.05:0.95. Per image it keeps the match table (score, class, a TP flag per threshold)
+and the ground-truth count per class; AP is COCO's 101-point interpolated precision, averaged over
+classes with ground truth and over thresholds.
+
+The paired bootstrap resamples images: a resample is a weight per image (its multiplicity in the draw)
+applied to the per-class tables sorted once by score, so each resample's mAP is a weighted cumulative
+sum, not a new matching. This equals COCOeval on the resampled image list except in the order of
+detections with exactly tied scores in different images.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .base import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MetricComparison, SampleScores, Task, register_task
+
+#: COCO's IoU thresholds (0.50:0.05:0.95) and recall thresholds (0:0.01:1), built as pycocotools builds them
+IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
+RECALL_THRESHOLDS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
+_EPS = np.spacing(1)
+
+
+def box_iou(dets: np.ndarray, gts: np.ndarray) -> np.ndarray:
+    """IoU [D, G] of xyxy boxes in float64, computed as pycocotools computes it (width = x2 - x1, no +1)."""
+    d = np.asarray(dets, np.float64).reshape(-1, 4)
+    g = np.asarray(gts, np.float64).reshape(-1, 4)
+    dw, dh = d[:, 2] - d[:, 0], d[:, 3] - d[:, 1]
+    gw, gh = g[:, 2] - g[:, 0], g[:, 3] - g[:, 1]
+    iw = np.minimum(d[:, None, 0] + dw[:, None], g[None, :, 0] + gw[None]) - np.maximum(d[:, None, 0], g[None, :, 0])
+    ih = np.minimum(d[:, None, 1] + dh[:, None], g[None, :, 1] + gh[None]) - np.maximum(d[:, None, 1], g[None, :, 1])
+    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    union = (dw * dh)[:, None] + (gw * gh)[None] - inter
+    return inter / union
+
+
+def match_image(det_boxes: np.ndarray, det_scores: np.ndarray, det_labels: np.ndarray, gt_boxes: np.ndarray,
+                gt_labels: np.ndarray, max_detections: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """COCO's greedy matching of one image: returns (order, tp) where ``order`` indexes the kept detections,
+    per class sorted by descending score (stable) and cut to ``max_detections``, and ``tp`` [len(order), T]
+    says whether each is matched at each IoU threshold."""
+    order_all, tp_all = [], []
+    for c in np.unique(det_labels):
+        d_idx = np.nonzero(det_labels == c)[0]
+        d_idx = d_idx[np.argsort(-det_scores[d_idx], kind="mergesort")][:max_detections]
+        g_idx = np.nonzero(gt_labels == c)[0]
+        tp = np.zeros((len(d_idx), len(IOU_THRESHOLDS)), bool)
+        if len(g_idx):
+            ious = box_iou(det_boxes[d_idx], gt_boxes[g_idx])
+            for ti, t in enumerate(IOU_THRESHOLDS):
+                taken = np.zeros(len(g_idx), bool)
+                for di in range(len(d_idx)):
+                    best, m = min(t, 1 - 1e-10), -1
+                    for gi in range(len(g_idx)):
+                        if taken[gi] or ious[di, gi] < best:
+                            continue
+                        best, m = ious[di, gi], gi
+                    if m >= 0:
+                        taken[m] = True
+                        tp[di, ti] = True
+        order_all.append(d_idx)
+        tp_all.append(tp)
+    if not order_all:
+        return np.zeros(0, np.int64), np.zeros((0, len(IOU_THRESHOLDS)), bool)
+    return np.concatenate(order_all), np.concatenate(tp_all)
+
+
+def average_precision(weights: np.ndarray, images: np.ndarray, tp: np.ndarray, gt_counts: np.ndarray) -> np.ndarray:
+    """COCO AP of one class at each IoU threshold, for each row of image ``weights`` [R, N].
+
+    ``images`` [D] and ``tp`` [D, T] are the class's detections sorted by descending score; ``gt_counts`` [N]
+    its ground-truth boxes per image. Returns [R, T]; NaN where the weighted ground-truth count is 0 (COCO
+    leaves such a class out)."""
+    npos = weights @ gt_counts.astype(np.float64)                      # [R]
+    out = np.full((weights.shape[0], tp.shape[1]), np.nan)
+    has = npos > 0
+    if not has.any():
+        return out
+    w, npos = weights[has][:, images], npos[has][:, None]              # [R', D]
+    if w.shape[1] == 0:
+        out[has] = 0.0
+        return out
+    seen = np.cumsum(w, axis=1)
+    for ti in range(tp.shape[1]):
+        ctp = np.cumsum(w * tp[:, ti], axis=1)
+        recall = ctp / npos
+        precision = ctp / (seen + _EPS)  # = tp / (tp + fp + eps), as COCOeval.accumulate
+        envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
+        # each recall threshold takes the envelope at the first detection whose recall reaches it
+        reached = np.searchsorted(RECALL_THRESHOLDS, recall, side="right")
+        newly = np.diff(reached, axis=1, prepend=0)
+        out[has, ti] = (envelope * newly).sum(axis=1) / len(RECALL_THRESHOLDS)
+    return out
+
+
+@register_task
+class DetectionTask(Task):
+    """Object detection: COCO mAP@[.5:.95] (higher is better) of the decoded detections; mAP@.5 beside it."""
+
+    name = "detection"
+    metric = "map"
+    metric_label = "mAP@[.5:.95]"
+    higher_is_better = True
+    outputs_description = ("dense per-location outputs [N, L, 4 + num_classes]: box x1, y1, x2, y2 in input pixels, "
+                           "then class logits (sigmoid scores)")
+
+    def __init__(self, num_classes: int | None = None, *, score_threshold: float = 0.05, candidates: int = 1000,
+                 nms_iou: float = 0.5, max_detections: int = 100) -> None:
+        self.num_classes = num_classes
+        self.score_threshold = score_threshold
+        self.candidates = candidates
+        self.nms_iou = nms_iou
+        self.max_detections = max_detections
+        self._tables: dict[int, tuple[SampleScores, list]] = {}
+
+    def check_outputs(self, outputs: torch.Tensor, num_samples: int) -> None:
+        """Outputs must be [N, L, 4 + C] (C the number of classes when known)."""
+        c = self.num_classes
+        if outputs.ndim != 3 or outputs.shape[0] != num_samples or outputs.shape[2] < 5 or (
+                c is not None and outputs.shape[2] != 4 + c):
+            raise ValueError(f"detection: model outputs have shape {tuple(outputs.shape)}, expected ({num_samples}, L, "
+                             f"{4 + c if c is not None else '4 + C'}): {self.outputs_description}")
+
+    def decode(self, outputs: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per image (boxes float32 [k, 4], scores float32 [k], labels int64 [k]), by descending score."""
+        from torchvision.ops import batched_nms
+
+        num_classes = outputs.shape[2] - 4
+        found = []
+        for out in outputs.float():
+            scores = torch.sigmoid(out[:, 4:]).reshape(-1)
+            keep = torch.nonzero(scores > self.score_threshold).reshape(-1)
+            if len(keep) > self.candidates:
+                keep = keep[scores[keep].topk(self.candidates).indices]
+            loc, labels = keep // num_classes, keep % num_classes
+            boxes, s = out[loc, :4], scores[keep]
+            # boxes without area are no detections (torchvision's remove_small_boxes; COCOeval would ignore some)
+            valid = torch.nonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).reshape(-1)
+            boxes, s, labels = boxes[valid], s[valid], labels[valid]
+            kept = batched_nms(boxes, s, labels, self.nms_iou)[:self.max_detections]
+            found.append((boxes[kept].numpy(), s[kept].numpy(), labels[kept].numpy().astype(np.int64)))
+        return found
+
+    def scores(self, outputs: torch.Tensor, labels: Sequence[Any]) -> SampleScores:
+        """Per image: the match table of its detections (score, class, TP per IoU threshold) and its
+        ground-truth count per class. ``labels``: per image an object with ``boxes`` [k, 4] and ``classes`` [k]."""
+        if len(labels) != outputs.shape[0]:
+            raise ValueError(f"detection: {outputs.shape[0]} outputs but {len(labels)} ground truths")
+        num_classes = outputs.shape[2] - 4
+        gt_counts = np.zeros((len(labels), num_classes), np.int64)
+        det_scores, det_labels, det_tp = [], [], []
+        for i, ((boxes, sc, lab), gt) in enumerate(zip(self.decode(outputs), labels)):
+            gcls = np.asarray(gt.classes, np.int64)
+            if len(gcls) and (gcls.min() < 0 or gcls.max() >= num_classes):
+                raise ValueError(f"detection: image {i} has ground-truth class {int(gcls.max())} outside the "
+                                 f"model's {num_classes} classes")
+            gt_counts[i] = np.bincount(gcls, minlength=num_classes)
+            order, tp = match_image(boxes, sc, lab, np.asarray(gt.boxes, np.float32), gcls, self.max_detections)
+            det_scores.append(sc[order].astype(np.float64))
+            det_labels.append(lab[order])
+            det_tp.append(tp)
+        obj = lambda xs: np.array(xs + [None], dtype=object)[:-1]  # noqa: E731 (1-D object array of arrays)
+        return SampleScores(self.name, {"gt_counts": gt_counts, "det_scores": obj(det_scores),
+                                        "det_labels": obj(det_labels), "det_tp": obj(det_tp)})
+
+    def _class_tables(self, scores: SampleScores) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per class (images [D], tp [D, T], gt_counts [N]) with detections in COCOeval's global order: images in
+        order, each image's by descending score, then a stable sort by descending score. Built once per scores."""
+        cached = self._tables.get(id(scores))
+        if cached is not None and cached[0] is scores:
+            return cached[1]
+        gt_counts = scores["gt_counts"]
+        n, num_classes = gt_counts.shape
+        counts = [len(s) for s in scores["det_scores"]]
+        images = np.repeat(np.arange(n), counts)
+        cat = lambda col, empty: np.concatenate(list(scores[col])) if sum(counts) else empty  # noqa: E731
+        s = cat("det_scores", np.zeros(0))
+        lab = cat("det_labels", np.zeros(0, np.int64))
+        tp = cat("det_tp", np.zeros((0, len(IOU_THRESHOLDS)), bool))
+        tables = []
+        for c in range(num_classes):
+            idx = np.nonzero(lab == c)[0]
+            idx = idx[np.argsort(-s[idx], kind="mergesort")]
+            tables.append((images[idx], tp[idx], gt_counts[:, c]))
+        if len(self._tables) >= 8:
+            self._tables.pop(next(iter(self._tables)))
+        self._tables[id(scores)] = (scores, tables)
+        return tables
+
+    def map_per_threshold(self, scores: SampleScores, weights: np.ndarray) -> np.ndarray:
+        """Mean AP over classes at each IoU threshold, for each row of image ``weights`` [R, N]: [R, T]."""
+        tables = self._class_tables(scores)
+        weights = np.asarray(weights, np.float64).reshape(-1, scores.n)
+        aps = np.stack([average_precision(weights, img, tp, gtc) for img, tp, gtc in tables])  # [C, R, T]
+        with np.errstate(invalid="ignore"), np.testing.suppress_warnings() as sup:
+            sup.filter(RuntimeWarning)
+            return np.nanmean(aps, axis=0)
+
+    def _weights(self, n: int, indices: np.ndarray | None) -> np.ndarray:
+        return np.ones((1, n)) if indices is None else np.bincount(np.asarray(indices), minlength=n)[None].astype(float)
+
+    def aggregate(self, scores: SampleScores, indices: np.ndarray | None = None) -> float:
+        """mAP@[.5:.95] over every image, or over ``indices`` (repeats count as copies of an image)."""
+        return float(np.nanmean(self.map_per_threshold(scores, self._weights(scores.n, indices))[0]))
+
+    def map50(self, scores: SampleScores, indices: np.ndarray | None = None) -> float:
+        """mAP@.5 (COCO's AP50)."""
+        return float(self.map_per_threshold(scores, self._weights(scores.n, indices))[0, 0])
+
+    def aggregate_resamples(self, scores: SampleScores, draws: np.ndarray) -> np.ndarray:
+        """mAP@[.5:.95] of each resample row: multiplicities per image applied to the precomputed tables."""
+        k, n = draws.shape
+        out = []
+        for start in range(0, k, 500):  # bounded memory: 500 resamples x D detections per class at once
+            rows = draws[start:start + 500]
+            flat = (np.arange(len(rows))[:, None] * n + rows).reshape(-1)
+            weights = np.bincount(flat, minlength=len(rows) * n).reshape(len(rows), n).astype(np.float64)
+            per_t = self.map_per_threshold(scores, weights)
+            with np.errstate(invalid="ignore"), np.testing.suppress_warnings() as sup:
+                sup.filter(RuntimeWarning)
+                out.append(np.nanmean(per_t, axis=1))
+        return np.concatenate(out)
+
+    def paired(self, ref: SampleScores, new: SampleScores, *, resamples: int = BOOTSTRAP_RESAMPLES,
+               seed: int = BOOTSTRAP_SEED, level: float = 0.95) -> MetricComparison:
+        """The generic paired bootstrap over images, with mAP@.5 of both models in the extras."""
+        base = super().paired(ref, new, resamples=resamples, seed=seed, level=level)
+        return MetricComparison(task=base.task, metric=base.metric, higher_is_better=base.higher_is_better, n=base.n,
+                                metric_ref=base.metric_ref, metric_new=base.metric_new, delta_ci95=base.delta_ci95,
+                                extra={"map50_ref": self.map50(ref), "map50_new": self.map50(new)})
+
+    def format_value(self, value: float) -> str:
+        """mAP in percent ("41.27%")."""
+        return f"{value * 100:.2f}%"
