@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="proposal.toml, a folder holding one, or the proposal's .py file")
     check.add_argument("--json", action="store_true", help="print the checked proposals as JSON")
     check.add_argument("--no-import", action="store_true",
-                       help="do not import the proposal's code (method names and configs are then not checked)")
+                       help="do not run the proposal's code, even in the sandbox (method names and configs are then "
+                            "not checked)")
     args = parser.parse_args(argv)
     proposals = [load_proposal(m, import_code=not args.no_import) for m in args.manifests]
     if args.json:
@@ -31,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for p in proposals:
             if p.ok:
-                print(f"ok: {p.manifest}: {p.name} {p.version}")
+                ran = f" (its code ran in the sandbox: {p.isolation})" if p.isolation else ""
+                print(f"ok: {p.manifest}: {p.name} {p.version}{ran}")
             for problem in p.problems:
                 print(f"error: {problem}")
     return 0 if all(p.ok for p in proposals) else 1
