@@ -9,8 +9,10 @@ Sources, in order:
   online. ``--nnc-data-dir`` or ``NNCONFORM_FMNIST_DIR`` name the one folder to use instead (no
   fallback). Files are checked on load (IDX header, shapes, label range) and their content is
   compared with the sha256 pinned here: another copy is used but reported.
-* ImageNet-1k validation: a hub id, or a local imagefolder or parquet path, given by the user
-  (``--nnc-imagenet``), loaded through ``datasets``.
+* ImageNet-1k validation: a local imagefolder, parquet shards or a hub id given by the user
+  (``--nnc-imagenet``): :mod:`nnconform.imagenet` labels it through the canonical class list and
+  streams it from the decoded cache (:mod:`nnconform.decoded_cache`); a source that does not load
+  raises :class:`DatasetLoadError`.
 * ``imagenet-samples``: the 20 labelled ImageNet JPEGs shipped in the ``foolbox`` wheel's data
   folder (the files are read; foolbox is never imported). A smoke set, not a benchmark.
 """
