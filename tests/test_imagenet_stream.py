@@ -35,7 +35,12 @@ def folder(tmp_path):
 def test_streamed_batches_bit_identical_to_per_image(folder, tmp_path, preprocess):
     """Cache + per-batch normalisation == today's per-image resize, crop and normalisation (any batch size)."""
     smoke = load_imagenet_samples()
-    per_image = torch.cat([preprocess.apply(img.unsqueeze(0)) for img in smoke.images])
+    mean = torch.tensor(preprocess.mean).view(1, -1, 1, 1)
+    std = torch.tensor(preprocess.std).view(1, -1, 1, 1)
+    # the per-image path as it was written before the decoded cache (resize, crop, then out-of-place maths)
+    per_image = torch.cat([(preprocess.geometry(img.unsqueeze(0)).to(torch.float32) * preprocess.scale - mean) / std
+                           for img in smoke.images])
+    assert torch.equal(per_image, torch.cat([preprocess.apply(img.unsqueeze(0)) for img in smoke.images]))
     ds = load_imagenet_val(str(folder), cache_dir=tmp_path / "cache", workers=0)
     for batch in (7, 20):
         streamed = torch.cat([x for x, _ in ds.batches(preprocess, batch)])
