@@ -20,6 +20,7 @@ import ctypes
 import importlib
 import json
 import os
+import select
 import signal
 import socket
 import sys
@@ -164,6 +165,7 @@ def _child(document: str, control: int, scratch: str, mode_isolated: bool) -> No
             sys.modules["numpy"].random.seed()
         from nnconform.sandbox import worker
 
+        sys.argv = [worker.__file__, document]  # what a fresh worker's argv is
         code = worker.main([document])
     except BaseException:  # noqa: BLE001 - whatever happens, the child must not return into the server loop
         import traceback
@@ -183,11 +185,19 @@ def _run(request: dict, control: int, scratch: str, isolated: bool) -> dict:
         _child(str(request["document"]), control, scratch, isolated)
     deadline = time.monotonic() + float(request["timeout_s"])
     pause, timed_out = 0.002, False
+    try:  # a pidfd wakes us the moment the child exits (polling would add up to its interval per call)
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pidfd = None
     while True:
         got, status, usage = os.wait4(pid, os.WNOHANG)
         if got:
             break
-        if time.monotonic() >= deadline:
+        remaining = deadline - time.monotonic()
+        if pidfd is not None and remaining > 0:
+            select.select([pidfd], [], [], remaining)
+            continue
+        if remaining <= 0:
             timed_out = True
             for kill in (os.killpg, os.kill):
                 try:
@@ -199,6 +209,8 @@ def _run(request: dict, control: int, scratch: str, isolated: bool) -> dict:
             break
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
+    if pidfd is not None:
+        os.close(pidfd)
     clean = kill_others(isolated)
     left = []
     if isolated:  # the sandbox's own IPC namespace and keyrings (in the fallback they are the host's: left alone)
