@@ -56,8 +56,9 @@ class SandboxError(RuntimeError):
 class SandboxResult:
     """What came back: ``outputs`` maps names to tensor dicts, bytes or plain values.
 
-    ``peak_rss_bytes`` is what ``wait4`` reports for the started process; under bubblewrap the
-    sandbox's own init reaps the worker, so it undercounts there (CPU times likewise)."""
+    ``peak_rss_bytes`` is what ``wait4`` reports: with a server, for the call's own (forked) process,
+    the server's imported modules included; for a fresh process under bubblewrap, for bwrap, whose
+    init reaps the worker, so it undercounts there."""
 
     outputs: dict[str, Any]
     isolation: str
