@@ -190,7 +190,7 @@ def main() -> None:
               f"{rss.peak_pss / GIB:.2f} GiB, RSS summed {rss.peak / GIB:.2f} GiB; main ru_maxrss "
               f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20):.2f} GiB (target < 3 GiB); the bare loop: "
               f"PSS {bare_rss.peak_pss / GIB:.2f} GiB")
-        print(f"decode into the cache: {built.wall_s:.1f} s + sha256 {built.hash_s:.1f} s = "
+        print(f"decode into the cache (workers hash their rows): {built.wall_s:.1f} s + fsync {built.hash_s:.1f} s = "
               f"{len(files) / (built.wall_s + built.hash_s):.0f} images/s; bare PIL+DataLoader: {bare_s:.1f} s = "
               f"{len(files) / bare_s:.0f} images/s; ratio {ratio:.3f} (target <= 1.10)")
         print(f"source index (sha256 of every file, once per folder): {index_s:.1f} s")

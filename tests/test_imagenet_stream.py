@@ -173,3 +173,15 @@ def test_conformance_run_with_a_bad_source_fails(tmp_path):
     assert proc.returncode == 1, proc.stdout[-2000:]
     assert "DatasetLoadError" in proc.stdout and "['cats']" in proc.stdout and "verdict: FAIL" in proc.stdout
     assert "SMOKE CHECK" not in proc.stdout
+
+
+def test_parquet_rows_decoded_by_worker_processes(folder, tmp_path):
+    """Parquet rows are read inside each worker (the table is opened per process): same pixels as the folder."""
+    from test_imagenet_labels import make_parquet
+
+    by_folder = load_imagenet_val(str(folder), cache_dir=tmp_path / "c0", workers=0)
+    by_rows = load_imagenet_val(str(make_parquet(tmp_path / "pq", "wnid")), cache_dir=tmp_path / "c2", workers=2)
+    assert by_rows.labels.tolist() == by_folder.labels.tolist()
+    a = dc.decoded_cache(by_folder.index, LITE0, tmp_path / "c0", 0)
+    b = dc.decoded_cache(by_rows.index, LITE0, tmp_path / "c2", 2)
+    assert np.array_equal(a.memmap(), b.memmap())

@@ -7,7 +7,8 @@ in-memory path runs) in DataLoader worker processes, which write their rows stra
 through the loader, so memory does not grow with the number of images.
 
 An entry is keyed by (source fingerprint, geometry, decoder and resize versions). The array file is
-published by one rename under a name that carries its sha256, and the
+published by one rename under a name that carries its digest (the sha256 of the sha256 of each run of
+32 rows, which the workers compute as they write), and the
 :class:`~nnconform.store.ContentStore` entry that points at it (sealed manifest: file, size, sha256,
 shape) is published last, so a reader never sees a half-written array. Before first use in a process
 the array file is re-hashed against that entry: a changed, truncated or missing file is warned about,
@@ -34,7 +35,7 @@ import torch
 from .data import Preprocess
 from .store import ContentStore
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 _CHUNK = 32  # rows per loader item: few messages, small enough to balance across workers
 
 
@@ -95,9 +96,10 @@ class _DecodeJob(torch.utils.data.Dataset):
             self._fd = (os.getpid(), os.open(self.out_path, os.O_WRONLY))
         return self._fd[1]
 
-    def __getitem__(self, k: int) -> tuple[float, float, float]:
+    def __getitem__(self, k: int) -> tuple[str, float, float, float]:
         fd = self._descriptor()
         read_s = decode_s = resize_s = 0.0
+        digest = hashlib.sha256()  # of the chunk's rows as written: the entry's digest needs no second pass
         for row in range(k * _CHUNK, min(len(self.index), (k + 1) * _CHUNK)):
             t0 = time.perf_counter()
             data = read_encoded(self.index, row)
@@ -109,9 +111,12 @@ class _DecodeJob(torch.utils.data.Dataset):
             if out.numel() != self.item_bytes:
                 raise ValueError(f"{self.index.items[row]}: geometry gave {tuple(out.shape)}, expected "
                                  f"{self.item_bytes} bytes per image")
-            os.pwrite(fd, out.numpy().tobytes(), row * self.item_bytes)
+            pixels = out.numpy().tobytes()
+            if os.pwrite(fd, pixels, row * self.item_bytes) != len(pixels):
+                raise OSError(f"{self.out_path}: short write at row {row} (disk full?)")
+            digest.update(pixels)
             read_s, decode_s, resize_s = read_s + t1 - t0, decode_s + t2 - t1, resize_s + t3 - t2
-        return read_s, decode_s, resize_s
+        return digest.hexdigest(), read_s, decode_s, resize_s
 
 
 @dataclass
@@ -124,7 +129,7 @@ class BuildStats:
     read_s: float = 0.0
     decode_s: float = 0.0
     resize_s: float = 0.0
-    hash_s: float = 0.0
+    hash_s: float = 0.0  # fsync and the digest of the chunk digests
 
 
 @dataclass
@@ -168,12 +173,19 @@ class DecodedCache:
         return out
 
 
-def _sha256_path(path: Path) -> str:
-    h = hashlib.sha256()
+def _tree_sha256(chunk_digests: Sequence[str]) -> str:
+    """The array's digest: sha256 of the hex sha256 of each run of ``_CHUNK`` rows, in order (the workers
+    hash their own rows, so building needs no sequential pass over the file)."""
+    return hashlib.sha256("\n".join(chunk_digests).encode()).hexdigest()
+
+
+def _sha256_path(path: Path, item_bytes: int) -> str:
+    """:func:`_tree_sha256` of an array file, read run by run (bounded memory)."""
+    digests = []
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(16 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        for chunk in iter(lambda: f.read(_CHUNK * item_bytes), b""):
+            digests.append(hashlib.sha256(chunk).hexdigest())
+    return _tree_sha256(digests)
 
 
 def _build(index, preprocess: Preprocess, blobs: Path, shape: tuple, workers: int, stats: BuildStats) -> tuple[Path, str]:
@@ -187,7 +199,9 @@ def _build(index, preprocess: Preprocess, blobs: Path, shape: tuple, workers: in
         t0 = time.perf_counter()
         loader = torch.utils.data.DataLoader(_DecodeJob(index, preprocess, tmp, item_bytes), batch_size=None,
                                              num_workers=workers, shuffle=False)
-        for read_s, decode_s, resize_s in loader:
+        chunk_digests = []
+        for chunk_digest, read_s, decode_s, resize_s in loader:  # in chunk order (the loader keeps order)
+            chunk_digests.append(chunk_digest)
             stats.read_s += float(read_s)
             stats.decode_s += float(decode_s)
             stats.resize_s += float(resize_s)
@@ -195,7 +209,7 @@ def _build(index, preprocess: Preprocess, blobs: Path, shape: tuple, workers: in
         t1 = time.perf_counter()
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        digest = _sha256_path(Path(tmp))
+        digest = _tree_sha256(chunk_digests)
         stats.hash_s = time.perf_counter() - t1
         final = blobs / f"{digest}.u8"
         os.replace(tmp, final)  # same content, same name: another run's identical file is simply replaced
@@ -232,7 +246,7 @@ def decoded_cache(index, preprocess: Preprocess, cache_dir: str | Path | None, w
             problem = f"array file {path} is missing"
         elif path.stat().st_size != meta.get("bytes"):
             problem = f"array file {path} has {path.stat().st_size} bytes, the entry says {meta.get('bytes')}"
-        elif _sha256_path(path) != meta.get("sha256"):
+        elif _sha256_path(path, int(np.prod(shape[1:]))) != meta.get("sha256"):
             problem = f"array file {path} does not match its sha256 (changed bytes)"
         if problem is None:
             _OPEN[memo] = DecodedCache(path, shape)
