@@ -119,6 +119,22 @@ def read_ipc(inputs, params):
     return {"shm": _libc.shmget(4242, 4096, 0o600), "listing": _listing(["/dev/mqueue"]),
             "sysv": open("/proc/sysvipc/shm").read().splitlines()[1:]}
 
+_ADD_KEY, _KEYCTL = {"x86_64": (248, 250), "aarch64": (217, 219)}[os.uname().machine]
+
+def leave_key(inputs, params):
+    """A key in the user keyring (it outlives the process) and one in the session keyring."""
+    ids = [_libc.syscall(_ADD_KEY, b"user", name, b"secret", 6, ring) for name, ring in ((b"kept-u", -4),
+                                                                                          (b"kept-s", -3))]
+    return {"ids": ids}
+
+def read_key(inputs, params):
+    found = []
+    for name in (b"kept-u", b"kept-s"):
+        for ring in (-4, -3, -5):
+            if _libc.syscall(_KEYCTL, 10, ring, b"user", name, 0) >= 0:  # KEYCTL_SEARCH
+                found.append(name.decode())
+    return {"found": found}
+
 def attack_the_server(inputs, params):
     """Signals to the server (the sandbox's pid 1) and a read of its memory."""
     out = {}
@@ -285,6 +301,13 @@ def test_ipc_objects_of_call_n_are_gone(proposal):
     assert left["shm"] >= 0 and left["listing"]["/dev/mqueue"] == ["kept"] and len(left["sysv"]) == 1
     after = tries(proposal, "read_ipc")
     assert after["shm"] == -1 and after["listing"]["/dev/mqueue"] == [] and after["sysv"] == []
+
+
+@BWRAP
+@pytest.mark.skipif(os.uname().machine not in ("x86_64", "aarch64"), reason="keyctl numbers known for x86-64/aarch64")
+def test_keys_of_call_n_are_gone(proposal):
+    assert all(i > 0 for i in tries(proposal, "leave_key")["ids"])
+    assert tries(proposal, "read_key")["found"] == []
 
 
 @BWRAP

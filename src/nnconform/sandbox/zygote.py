@@ -34,7 +34,8 @@ OPTIONAL_PRELOAD = ("nnconform.kit", "nnconform.compress", "nnconform.updates", 
 #: Rounds of "kill every other process, reap" before the sandbox is declared unclean (and replaced).
 KILL_ROUNDS = 200
 _PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_SET_CHILD_SUBREAPER = 1, 4, 36
-_SYS_KEYCTL = 250  # x86-64 and aarch64 differ; failures only cost the (optional) keyring clean-up
+#: keyctl's system call number per machine (elsewhere the keyring clean-up is skipped)
+_SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}.get(os.uname().machine)
 _KEYCTL_JOIN_SESSION_KEYRING, _KEYCTL_CLEAR = 1, 7
 _KEY_SPEC_USER_KEYRING, _KEY_SPEC_USER_SESSION_KEYRING = -4, -5
 _IPC_RMID = 0
@@ -138,6 +139,8 @@ def _clean_ipc() -> list[str]:
 
 
 def _clean_keyrings() -> None:
+    if _SYS_KEYCTL is None:
+        return
     for ring in (_KEY_SPEC_USER_KEYRING, _KEY_SPEC_USER_SESSION_KEYRING):
         _libc.syscall(_SYS_KEYCTL, _KEYCTL_CLEAR, ring)
 
@@ -155,7 +158,7 @@ def _child(document: str, control: int, scratch: str, mode_isolated: bool) -> No
         os.dup2(2, 1)
         os.close(devnull)
         # a session keyring of its own, so keys it adds die with it
-        if mode_isolated:
+        if mode_isolated and _SYS_KEYCTL is not None:
             _libc.syscall(_SYS_KEYCTL, _KEYCTL_JOIN_SESSION_KEYRING, None)
         os.chdir(scratch)
         import random
