@@ -387,3 +387,17 @@ def test_the_pin_is_checked_before_a_server_runs_anything(proposal):
     with pytest.raises(SandboxError, match="not the reviewed files, so nothing runs") as err:
         call(proposal, "standin.py:double", tree_sha256="0" * 64)
     assert err.value.kind == "pin"
+
+
+@BWRAP
+def test_a_changed_view_gets_another_server(proposal, monkeypatch, tmp_path):
+    """Hidden paths given by the caller, or a view that changed since (e.g. another anchors folder), never reuse
+    a server built for the old view."""
+    tries(proposal, "remember", value=0)
+    first = the_server()
+    call(proposal, "tries.py:remember", params={"value": 1}, hidden=[tmp_path])
+    assert the_server() is not first
+    real = bwrap.hidden_paths
+    monkeypatch.setattr(bwrap, "hidden_paths", lambda extra=(): [*real(extra), tmp_path / "elsewhere"])
+    tries(proposal, "remember", value=2)
+    assert the_server() is not first and the_server().key.hidden == ()

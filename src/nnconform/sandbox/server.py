@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from . import dataio, runner, zygote
+from . import bwrap, dataio, runner, zygote
 from .runner import BUBBLEWRAP, SandboxError, SandboxResult, SandboxWarning
 
 #: Set to ``0`` to start a fresh process per call (as before the servers; for debugging).
@@ -73,6 +73,8 @@ class ServerKey:
     memory_bytes: int
     file_bytes: int
     work_root: str | None
+    #: what the view hides and binds now (anchors folder, data, environment): a change means another server
+    view: tuple[str, ...] = ()
 
 
 def _empty(folder: Path, keep: str | None = None) -> bool:
@@ -389,6 +391,13 @@ def _server_for(key: ServerKey) -> SandboxServer:
         return server
 
 
+def _view(mode: str, hidden: Iterable[str | Path]) -> tuple[str, ...]:
+    """The host paths the view is built from (what a fresh call would hide and bind now)."""
+    if mode != BUBBLEWRAP:
+        return ()
+    return tuple(sorted({*map(str, bwrap.hidden_paths(hidden))} | {f"env:{p}" for p in bwrap.python_environment()}))
+
+
 def run_call(entry: str, *, inputs: Mapping[str, Any] | None, params: Mapping[str, Any] | None,
              proposal_dir: str | Path | None, tree_sha256: str | None, proposal: str, call: str, timeout_s: float,
              memory_bytes: int, file_bytes: int, threads: int | None, hidden: Iterable[str | Path],
@@ -416,7 +425,8 @@ def run_call(entry: str, *, inputs: Mapping[str, Any] | None, params: Mapping[st
             raise ServerUnavailable("pin")
     key = ServerKey(mode, str(Path(proposal_dir).resolve()) if proposal_dir is not None else None, digest,
                     tuple(str(Path(p).resolve()) for p in hidden), int(threads) if threads else None,
-                    int(memory_bytes), int(file_bytes), str(Path(work_root).resolve()) if work_root else None)
+                    int(memory_bytes), int(file_bytes), str(Path(work_root).resolve()) if work_root else None,
+                    _view(mode, hidden))
     server = _server_for(key)
     if not server.lock.acquire(blocking=False):
         raise ServerUnavailable("busy with another thread's call")
