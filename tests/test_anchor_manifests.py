@@ -46,6 +46,10 @@ def test_every_manifest_entry_is_consistent():
                 path = resolve_weights_path(ck.weights)
                 if not path.is_file() or sha256_file(path) != ck.sha256:
                     problems.append(f"{name}/{ck.name}: {path} missing or its sha256 differs")
+            if anchor.task == "asr":  # the embedded ASR anchor: WER on held-out synthetic voices
+                if not anchor.metrics["wer"] <= 0.6:
+                    problems.append(f"{name}: documented WER {anchor.metrics['wer']} above the 0.6 ceiling")
+                continue
             floor = 0.88 if "lenet" in name else 0.90
             if anchor.metrics["top1"] < floor:
                 problems.append(f"{name}: documented top-1 {anchor.metrics['top1']} below the {floor} floor")

