@@ -127,6 +127,9 @@ def test_sandbox_cheat_fails_the_gate(name, tmp_path):
     assert any(expected["message"] in r["message"] for r in failing), [r["message"] for r in failing]
     assert expected["message"] in proc.stdout, "the failure message must reach the terminal too"
     assert all(c["outcome"] in ("passed", "failed") for c in results["cases"]), results["cases"]
+    if expected["check"] in ("compression.compress", "compression.decode"):  # the proposal's own traceback is kept
+        sandbox = [r["details"].get("sandbox") or {} for r in failing]
+        assert any("proposal.py" in s.get("traceback", "") and s.get("call") for s in sandbox), sandbox
 
 
 def test_the_study_codes_a_batch_in_one_encode_and_one_shuffled_decode():

@@ -253,7 +253,8 @@ def run_case(point: CompressionPoint, anchor: AnchorUnderTest, calibration: Cali
             except BaseException as exc:  # a method's crash (even SystemExit) is its own case's failure
                 if isinstance(exc, KeyboardInterrupt):
                     raise
-                rec(CheckRecord.from_exception("compression.compress", subject, exc, criterion=CRITERION))
+                rec(CheckRecord.from_exception("compression.compress", subject, exc, criterion=CRITERION,
+                                               details=_sandbox_error(exc)))
                 return out
             seconds = time.perf_counter() - start
             if not isinstance(result, CompressedModel) or not isinstance(result.artifact, Artifact):
@@ -297,7 +298,7 @@ def run_case(point: CompressionPoint, anchor: AnchorUnderTest, calibration: Cali
             if isinstance(exc, KeyboardInterrupt):
                 raise
             rec(CheckRecord.from_exception("compression.decode", subject, exc, criterion=CRITERION,
-                                           details={"artifact_files": result.artifact.sizes()}))
+                                           details={"artifact_files": result.artifact.sizes(), **_sandbox_error(exc)}))
             return out
         decode_seconds = time.perf_counter() - start
         rec(CheckRecord("compression.decode", subject, Status.PASS, measured=round(decode_seconds, 3),
@@ -367,6 +368,17 @@ def _sandbox_details(details: dict, compressor, first_call: int) -> None:
     sandboxed = getattr(compressor, "sandboxed", None)
     if sandboxed is not None:
         details["sandbox"] = {"isolation": sandboxed.isolation, "calls": list(sandboxed.calls[first_call:])}
+
+
+def _sandbox_error(exc: BaseException) -> dict:
+    """For a proposal's call that failed in the sandbox: its kind, call, isolation and the proposal's own traceback
+    (the record's traceback is the gate's side)."""
+    from ..sandbox import SandboxError
+
+    if not isinstance(exc, SandboxError):
+        return {}
+    return {"sandbox": {"kind": exc.kind, "call": exc.call, "isolation": exc.isolation, "error_type": exc.error_type,
+                        "traceback": exc.traceback[-4000:]}}
 
 
 def _fresh_copy(model: nn.Module) -> nn.Module:
