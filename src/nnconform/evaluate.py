@@ -98,19 +98,28 @@ class EvalResult:
 
 
 def forward_outputs(model: torch.nn.Module, dataset, preprocess: Preprocess, batch_size: int = DEFAULT_BATCH_SIZE,
-                    task: Task | None = None) -> torch.Tensor:
+                    task: Task | None = None, device: str = "cpu") -> torch.Tensor:
     """All outputs of ``model`` on ``dataset``, in order, under ``torch.inference_mode``, joined and checked
-    by the task (classification by default: logits [N, C])."""
+    by the task (classification by default: logits [N, C]). On another ``device`` (``cuda:N``) the model and each
+    batch are moved there and the outputs come back to the CPU; the model is moved back afterwards (callers share
+    it)."""
     task = task or get_task()
     model.eval()
     outs = []
-    with torch.inference_mode():
-        for x, _ in dataset.batches(preprocess, batch_size):
-            out = model(x)
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(f"model returned {type(out).__name__}, expected a tensor of "
-                                f"{task.outputs_description}")
-            outs.append(out.float())
+    on_cpu = device == "cpu"
+    if not on_cpu:
+        model.to(device)
+    try:
+        with torch.inference_mode():
+            for x, _ in dataset.batches(preprocess, batch_size):
+                out = model(x if on_cpu else x.to(device))
+                if not isinstance(out, torch.Tensor):
+                    raise TypeError(f"model returned {type(out).__name__}, expected a tensor of "
+                                    f"{task.outputs_description}")
+                outs.append(out.float() if on_cpu else out.float().cpu())
+    finally:
+        if not on_cpu:
+            model.to("cpu")
     outputs = task.concat_outputs(outs)
     task.check_outputs(outputs, len(dataset))
     return outputs
@@ -122,18 +131,24 @@ def forward_logits(model: torch.nn.Module, dataset: ImageDataset, preprocess: Pr
     return forward_outputs(model, dataset, preprocess, batch_size)
 
 
-def cache_key(model: torch.nn.Module, dataset: ImageDataset, preprocess: Preprocess, batch_size: int) -> str:
+def cache_key(model: torch.nn.Module, dataset: ImageDataset, preprocess: Preprocess, batch_size: int,
+              device: str = "cpu") -> str:
     """The content fingerprint of one evaluation; :class:`~nnconform.model_identity.Uncacheable` when the
-    model's content cannot be fingerprinted. The task is not part of it: it reads the same outputs."""
+    model's content cannot be fingerprinted. The task is not part of it: it reads the same outputs. A device
+    other than the CPU is part of it (its kernels compute other bits); the CPU adds nothing (keys unchanged)."""
+    from .engine.device import device_key_part
+
     spec = {"engine": ENGINE_VERSION, "model": model_content_sha256(model), "dataset": dataset.fingerprint,
-            "preprocess": preprocess.to_dict(), "batch_size": batch_size, "torch": torch.__version__}
+            "preprocess": preprocess.to_dict(), "batch_size": batch_size, "torch": torch.__version__,
+            **device_key_part(device)}
     return sha256_bytes(json.dumps(spec, sort_keys=True).encode())
 
 
 class Evaluator:
     """Evaluates models on datasets, caching results in memory and on disk."""
 
-    def __init__(self, cache_dir: str | Path | None, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    def __init__(self, cache_dir: str | Path | None, batch_size: int = DEFAULT_BATCH_SIZE, device: str = "cpu") -> None:
+        self.device = device
         self.cache_dir = Path(cache_dir) / "eval" if cache_dir else None
         self.store = ContentStore(self.cache_dir, "evaluation cache") if self.cache_dir else None
         self.batch_size = batch_size
@@ -176,11 +191,12 @@ class Evaluator:
         ``task``, else the dataset's, else classification); one forward pass per distinct content."""
         task = resolve_task(dataset, task)
         try:
-            key = cache_key(model, dataset, preprocess, self.batch_size)
+            key = cache_key(model, dataset, preprocess, self.batch_size, self.device)
         except Uncacheable as exc:  # never risk another model's outputs: compute, keep nothing
             self.misses += 1
             self.uncached.append(str(exc))
-            return EvalResult(forward_outputs(model, dataset, preprocess, self.batch_size, task), _labels_of(dataset),
+            return EvalResult(forward_outputs(model, dataset, preprocess, self.batch_size, task, self.device),
+                              _labels_of(dataset),
                               f"uncached: {exc}", task)
         if key in self._memory:
             self.hits += 1
@@ -191,7 +207,7 @@ class Evaluator:
         result = self._read(key, dataset, task) if self.store else None
         if result is None:
             self.misses += 1
-            outputs = forward_outputs(model, dataset, preprocess, self.batch_size, task)
+            outputs = forward_outputs(model, dataset, preprocess, self.batch_size, task, self.device)
             result = EvalResult(outputs, _labels_of(dataset), key, task)
             if self.store and bool(torch.isfinite(outputs).all()):
                 self._write(result)

@@ -22,6 +22,7 @@ from .session import (PASS, RECORD_PROPERTY, TIERS, ConformanceSession, Outcome,
 
 SESSION_KEY = pytest.StashKey[ConformanceSession]()
 _ACTIVE = pytest.StashKey[bool]()
+_ENGINE = pytest.StashKey[object]()  # the RayEngine of --nnc-ray, once its jobs are submitted
 #: Why a timing case is skipped under pytest-xdist (a skip the user chose by running in parallel).
 XDIST_TIMING_SKIP = ("timing case: pytest-benchmark does not run under pytest-xdist; run without -n to measure "
                      "latency")
@@ -60,6 +61,15 @@ def _subset_size(value: str) -> int:
 def _run_id(value: str) -> str:
     try:
         return check_run_id(value)
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def _device(value: str) -> str:
+    from .engine.device import parse_device
+
+    try:
+        return parse_device(value)
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
 
@@ -115,6 +125,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="torch threads per process, at most the machine's CPUs (default: torch's choice; under "
              "pytest-xdist, cores / workers). On a shared machine, more threads than free cores stall in OpenMP "
              "barriers")
+    add("--nnc-device", default="cpu", type=_device, metavar="cpu|cuda|cuda:N|auto",
+        help="where evaluations run (auto: cuda when available, else cpu); a CUDA device that is not there fails "
+             "the run at start (default: %(default)s)")
+    add("--nnc-ray", default=None, metavar="ADDRESS|auto|local",
+        help="run the selected cases' heavy work (compression, update evaluation, split studies) as Ray jobs "
+             "before the test bodies, into the same --nnc-cache-dir (shared storage on a cluster); local: a Ray "
+             "instance on this machine's CPUs; auto or an address: an existing cluster")
 
 
 def _asks_for_nnconform(config: pytest.Config) -> bool:
@@ -141,6 +158,11 @@ def activate(config: pytest.Config) -> None:
 
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    run = config.stash.get(SESSION_KEY, None)
+    if run is not None and run.config.device != "cpu":
+        from .engine.device import cuda_deterministic
+
+        cuda_deterministic()
     worker = getattr(config, "workerinput", None)
     if config.getoption("--nnc-threads"):
         torch.set_num_threads(config.getoption("--nnc-threads"))
@@ -175,6 +197,17 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError("--nnc-proposal-only needs --nnc-proposal PATH")
     cache = config.getoption("--nnc-cache-dir")
     report = config.getoption("--nnc-report-dir")
+    device = config.getoption("--nnc-device") or "cpu"
+    if device != "cpu":
+        from .engine.device import DeviceUnavailable, resolve_device
+
+        try:
+            device = resolve_device(device)
+        except DeviceUnavailable as exc:
+            raise pytest.UsageError(str(exc)) from None
+    if config.getoption("--nnc-ray") and getattr(config.option, "numprocesses", None):
+        raise pytest.UsageError("--nnc-ray and -n (pytest-xdist) do not combine: Ray runs the heavy work; run the "
+                                "test bodies in one process")
     run = RunConfig(
         anchors=anchors,
         tier=config.getoption("--nnc-tier"),
@@ -188,6 +221,8 @@ def pytest_configure(config: pytest.Config) -> None:
         proposals=tuple(config.getoption("--nnc-proposal")),
         proposal_only=config.getoption("--nnc-proposal-only"),
         overwrite=config.getoption("--nnc-overwrite"),
+        device=device,
+        ray=config.getoption("--nnc-ray"),
     )
     controller = not hasattr(config, "workerinput")
     if controller and run.write_report and run.run_id and not run.overwrite:
@@ -322,7 +357,23 @@ def _check_proposals_run(session: ConformanceSession, items: list[pytest.Item]) 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     if SESSION_KEY in session.config.stash and session.config.stash.get(_ACTIVE, False):
-        session.config.stash[SESSION_KEY].selected = {i.nodeid for i in session.items}
+        run = session.config.stash[SESSION_KEY]
+        run.selected = {i.nodeid for i in session.items}
+        if run.config.ray and not session.config.option.collectonly and not hasattr(session.config, "workerinput"):
+            # the heavy work goes to Ray now, ahead of the first test body
+            from .engine import start_ray
+
+            session.config.stash[_ENGINE] = start_ray(run.config, session.items,
+                                                      threads=session.config.getoption("--nnc-threads") or 1)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """With ``--nnc-ray``: a case waits for the jobs it reads, then runs as always (and finds their results in
+    the caches; a failed job leaves it to compute them itself)."""
+    engine = item.config.stash.get(_ENGINE, None)
+    if engine is not None:
+        engine.wait_for(item.nodeid)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -507,6 +558,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int):
     if SESSION_KEY not in config.stash or hasattr(config, "workerinput") or not config.stash.get(_ACTIVE, False):
         return result  # not a conformance run; xdist workers leave the report to the controller
     run = config.stash[SESSION_KEY]
+    engine = config.stash.get(_ENGINE, None)
+    if engine is not None:
+        engine.shutdown()
+        run.report_notes.append(engine.summary())
+        run.report_notes.extend(f"ray job {f.job} failed (its cases computed it themselves): {f.error}"
+                                for f in engine.failures)
     run.exitstatus = int(session.exitstatus if session.exitstatus is not None else exitstatus)
     if not run.stopped:
         if run.exitstatus == pytest.ExitCode.INTERRUPTED:

@@ -70,6 +70,8 @@ class RunConfig:
     proposals: tuple[str, ...] = ()  # --nnc-proposal manifests, as given
     proposal_only: bool = False  # run only the proposals' own cases
     overwrite: bool = False  # --nnc-overwrite: a run id already used may be replaced
+    device: str = "cpu"  # --nnc-device, resolved (auto -> cuda or cpu): where evaluations run
+    ray: str | None = None  # --nnc-ray ADDRESS|auto|local: the cases' heavy work runs as Ray jobs first
 
     def __post_init__(self) -> None:
         if self.tier not in TIERS:
@@ -186,7 +188,7 @@ class ConformanceSession:
         if self._evaluator is None:
             from .evaluate import Evaluator
 
-            self._evaluator = Evaluator(self.config.cache_dir)
+            self._evaluator = Evaluator(self.config.cache_dir, device=self.config.device)
         return self._evaluator
 
     # -- loading, once per session --------------------------------------------------------------

@@ -86,6 +86,13 @@ def md_table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(out)
 
 
+def _device(config) -> dict:
+    """The run's device for the report (name; on CUDA the GPU and the deterministic settings)."""
+    from ..engine.device import device_manifest
+
+    return device_manifest(getattr(config, "device", "cpu"))
+
+
 def _tiers() -> dict[str, Any]:
     """The accuracy tiers as the report shows them; an unreadable ``tiers.toml`` is shown, not raised
     (the run's gates already failed on it, and the report must say why)."""
@@ -132,7 +139,8 @@ def results_dict(run, exitstatus: int, artifacts: dict[str, str]) -> dict[str, A
         "exitstatus": exitstatus,
         "verdict": verdict.to_dict(),
         "config": {"anchors": run.config.anchors, "tier": run.config.tier, "data_dir": run.config.data_dir,
-                   "imagenet": run.config.imagenet, "cache_dir": str(run.config.cache_dir)},
+                   "imagenet": run.config.imagenet, "cache_dir": str(run.config.cache_dir),
+                   "device": _device(run.config), "ray": getattr(run.config, "ray", None)},
         "environment": environment_manifest(),
         "datasets": run.datasets_used,
         "anchors": run.anchors_used,

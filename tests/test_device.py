@@ -1,0 +1,104 @@
+"""--nnc-device: parsing and validation (a CUDA device that is not there stops the run at start with one line),
+`auto`, and the cache keys (the CPU keeps the keys every CPU run has had; another device changes them)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nnconform.engine.device import (DeviceUnavailable, device_key_part, device_manifest, parse_device,
+                                     resolve_device)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("value,expected", [("cpu", "cpu"), ("CUDA", "cuda"), (" cuda:1 ", "cuda:1"), ("auto", "auto")])
+def test_parse_device_accepts(value, expected):
+    assert parse_device(value) == expected
+
+
+@pytest.mark.parametrize("value", ["gpu", "cuda:", "cuda:x", "cuda0", "mps", ""])
+def test_parse_device_refuses_naming_the_value(value):
+    with pytest.raises(ValueError, match=r"--nnc-device .*cpu\|cuda\|cuda:N\|auto") as info:
+        parse_device(value)
+    assert repr(value) in str(info.value)
+
+
+def test_resolve_device():
+    assert resolve_device("cpu", cuda_available=False, cuda_count=0) == "cpu"
+    assert resolve_device("auto", cuda_available=False, cuda_count=0) == "cpu"
+    assert resolve_device("auto", cuda_available=True, cuda_count=1) == "cuda"
+    assert resolve_device("cuda:1", cuda_available=True, cuda_count=2) == "cuda:1"
+    with pytest.raises(DeviceUnavailable, match="CUDA is not available"):
+        resolve_device("cuda", cuda_available=False, cuda_count=0)
+    with pytest.raises(DeviceUnavailable, match=r"'cuda:2': this machine has 2 CUDA device\(s\) \(cuda:0 to cuda:1\)"):
+        resolve_device("cuda:2", cuda_available=True, cuda_count=2)
+
+
+def test_resolve_device_asks_torch(monkeypatch):
+    """Without a GPU (monkeypatched here, so the test holds on GPU machines too) cuda is refused, auto is cpu."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(DeviceUnavailable):
+        resolve_device("cuda:0")
+
+
+def test_device_key_part():
+    assert device_key_part("cpu") == {} and device_key_part(None) == {}
+    assert device_key_part("cuda:1") == {"device": "cuda", "dtype": "float32"}
+    assert device_key_part("cpu", "float16") == {"device": "cpu", "dtype": "float16"}
+    assert device_manifest("cpu") == {"device": "cpu"}
+
+
+class _Data:
+    fingerprint = "f" * 64
+
+
+def test_cpu_eval_key_unchanged_and_cuda_key_differs():
+    """The CPU key is the one written before the device existed (the same spec, recomputed here), so every CPU
+    cache entry and golden figure stays; a CUDA evaluation gets a key of its own."""
+    from nnconform.data import Preprocess
+    from nnconform.evaluate import ENGINE_VERSION, cache_key
+    from nnconform.hashing import sha256_bytes
+    from nnconform.model_identity import model_content_sha256
+
+    model = torch.nn.Linear(3, 2)
+    pre = Preprocess(mean=(0.5,), std=(0.25,))
+    old_spec = {"engine": ENGINE_VERSION, "model": model_content_sha256(model), "dataset": _Data.fingerprint,
+                "preprocess": pre.to_dict(), "batch_size": 250, "torch": torch.__version__}
+    old = sha256_bytes(json.dumps(old_spec, sort_keys=True).encode())
+    assert cache_key(model, _Data, pre, 250) == old
+    assert cache_key(model, _Data, pre, 250, "cpu") == old
+    assert cache_key(model, _Data, pre, 250, "cuda:0") != old
+    assert cache_key(model, _Data, pre, 250, "cuda:0") == cache_key(model, _Data, pre, 250, "cuda")
+
+
+def _pytest(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    (tmp_path / "test_one.py").write_text("def test_one(nnc_config):\n    print('DEVICE', nnc_config.device)\n")
+    cmd = [sys.executable, "-m", "pytest", str(tmp_path / "test_one.py"), "-p", "no:cacheprovider", "-s", "-q",
+           "--nnc-no-report", "--nnc-cache-dir", str(tmp_path / "cache"), *args]
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: the refusal needs one without")
+def test_plugin_refuses_a_missing_cuda_device_at_start(tmp_path):
+    proc = _pytest(tmp_path, "--nnc-device", "cuda:0")
+    assert proc.returncode == 4, proc.stdout[-2000:] + proc.stderr[-2000:]
+    errors = [ln for ln in proc.stderr.splitlines() if "--nnc-device" in ln]
+    assert errors == ["ERROR: --nnc-device 'cuda:0': CUDA is not available on this machine (torch sees no GPU); "
+                      "use --nnc-device cpu or auto"], proc.stderr
+
+
+def test_plugin_device_option(tmp_path):
+    bad = _pytest(tmp_path, "--nnc-device", "gpu")
+    assert bad.returncode == 4 and "--nnc-device 'gpu': choose one of cpu|cuda|cuda:N|auto" in bad.stderr
+    good = _pytest(tmp_path, "--nnc-device", "auto")
+    assert good.returncode == 0, good.stdout[-2000:] + good.stderr[-2000:]
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert f"DEVICE {expected}" in good.stdout
