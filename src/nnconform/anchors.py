@@ -36,7 +36,7 @@ from .hashing import sha256_file
 from .paths import anchors_dir, read_toml
 
 FAMILIES = ("zoo", "efficientnet-lite", "torchvision")
-DATASETS = ("fashion-mnist", "imagenet-1k", "espeak-synth", "librivox-smoke", "librispeech")
+DATASETS = ("fashion-mnist", "imagenet-1k", "espeak-synth", "librivox-smoke", "librispeech", "fmnist-mosaic")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -62,6 +62,8 @@ class Checkpoint:
     top1: float | None = None
     note: str = ""
     wer: float | None = None  # an ASR checkpoint's documented WER (instead of top1)
+    map: float | None = None  # a detection checkpoint's documented mAP@[.5:.95] (instead of top1)
+    map50: float | None = None  # ... and its mAP@.5
     preprocess: Preprocess | None = None
 
 
@@ -285,6 +287,7 @@ def _parse_checkpoint(t) -> Checkpoint:
         t.str("weights")  # raises: missing 'weights'
     return Checkpoint(name=t.str("name"), weights=weights, sha256=t.str("sha256"),
                       top1=t.float("top1", None, min=0, max=1), note=t.str("note", ""), wer=t.float("wer", None, min=0),
+                      map=t.float("map", None, min=0, max=1), map50=t.float("map50", None, min=0, max=1),
                       preprocess=_parse_preprocess(t, "preprocess") if t.has("preprocess") else None)
 
 

@@ -27,7 +27,7 @@ MAX_ITEMS = 4
 MAX_IOU = 0.15
 INK = 24  # uint8 level above which a pixel belongs to the item's box
 #: canvases per split (the evaluation set: "several hundred" canvases) and their seeds
-SPLITS = {"train": (8000, 20261130), "test": (500, 20261131)}
+SPLITS = {"train": (6000, 20261130), "test": (500, 20261131)}
 DESCRIPTION = "Fashion-MNIST mosaics (synthetic detection set built offline from Fashion-MNIST items)"
 
 

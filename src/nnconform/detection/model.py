@@ -43,6 +43,7 @@ class TinyFPNDetector(nn.Module):
                  fpn: int = 32) -> None:
         super().__init__()
         self.num_classes = num_classes
+        self.size = size
         self.stem = _conv(1, widths[0], 2)                                            # stride 2
         self.layer1 = nn.Sequential(_conv(widths[0], widths[1], 2), _conv(widths[1], widths[1]))  # 4: C3
         self.layer2 = nn.Sequential(_conv(widths[1], widths[2], 2), _conv(widths[2], widths[2]))  # 8: C4
@@ -79,5 +80,5 @@ class TinyFPNDetector(nn.Module):
         dist = torch.cat([o[1] for o in outs], 2).transpose(1, 2)              # [N, L, 4]: l, t, r, b
         dist = torch.exp(dist.clamp(max=6.0)) * self.location_strides
         xy = self.locations
-        boxes = torch.cat([xy - dist[..., :2], xy + dist[..., 2:]], 2)
+        boxes = torch.cat([xy - dist[..., :2], xy + dist[..., 2:]], 2).clamp(0.0, float(self.size))
         return torch.cat([boxes, logits], 2)

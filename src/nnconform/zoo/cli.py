@@ -35,8 +35,9 @@ class Refused(Exception):
 def _known() -> list[str]:
     from .asr_recipe import ASR_RECIPES
     from .build import RECIPES
+    from .det_recipe import DET_RECIPES
 
-    return [r.anchor for r in RECIPES] + [r.anchor for r in ASR_RECIPES]
+    return [r.anchor for r in RECIPES] + [r.anchor for r in ASR_RECIPES] + [r.anchor for r in DET_RECIPES]
 
 
 def select(only: list[str] | None) -> list[str]:
@@ -87,6 +88,11 @@ def _build(root: Path, names: list[str]) -> None:
     for asr in ASR_RECIPES:  # the speech corpus is generated once into the cache (NNCONFORM_CACHE_DIR)
         if asr.anchor in names:
             update_manifest(asr.anchor, build_asr_anchor(asr, root / "zoo", default_cache_dir()), root / "zoo.toml")
+    from .det_recipe import DET_RECIPES, build_det_anchor
+
+    for det in DET_RECIPES:  # the Fashion-MNIST mosaics are composed in memory from the Fashion-MNIST files
+        if det.anchor in names:
+            update_manifest(det.anchor, build_det_anchor(det, root / "zoo"), root / "zoo.toml")
 
 
 def band_for(entry: dict, checkpoint: dict) -> float:
@@ -103,7 +109,8 @@ def compare_manifests(committed: dict, rebuilt: dict, names: list[str]) -> list[
         for ck in committed[name]["checkpoints"]:
             other = mine.get(ck["name"])
             band = band_for(committed[name], ck)
-            metric = "wer" if "wer" in ck else "top1"  # ASR checkpoints document their WER, in the same band
+            # ASR checkpoints document their WER, detection checkpoints their mAP, in the same band
+            metric = "wer" if "wer" in ck else "map" if "map" in ck else "top1"
             row = {"anchor": name, "checkpoint": ck["name"], "committed_top1": ck[metric],
                    "rebuilt_top1": other[metric] if other else None, "band": band,
                    "same_sha256": bool(other) and other["sha256"] == ck["sha256"]}
