@@ -58,19 +58,24 @@ def calibration_dataset_name(anchor_dataset: str) -> str:
     return "imagenet" if anchor_dataset.startswith("imagenet") else anchor_dataset
 
 
-def build_calibration(spec: CalibrationSpec, preprocess, *, data_dir=None, limit: int | None = None) -> CalibrationSet:
-    """Load the listed training samples and preprocess them for the anchor."""
+def build_calibration(spec: CalibrationSpec, preprocess, *, data_dir=None, limit: int | None = None,
+                      cache_dir=None) -> CalibrationSet:
+    """Load the listed training samples and preprocess them for the anchor (speech: generated or laid out into
+    ``cache_dir``; its labels are transcripts, so the set's ``labels`` are the sample indices instead)."""
     from ..data import load_dataset
 
-    ds = load_dataset(spec.source or spec.dataset, spec.split, data_dir=data_dir)
+    ds = load_dataset(spec.source or spec.dataset, spec.split, data_dir=data_dir, cache_dir=cache_dir)
     if max(spec.indices) >= len(ds):
         raise PlanError(f"calibration.{spec.dataset}: index {max(spec.indices)} is beyond the {len(ds)} samples "
                         f"of {spec.dataset}/{spec.split}")
     indices = spec.indices[:limit] if limit else spec.indices
     sub = ds.subset(indices)
     images = torch.cat([x for x, _ in sub.batches(preprocess, 500)])
+    # a class label per sample where there is one; transcripts (speech) are no tensor: methods that train on
+    # labels (AIMET fine-tuning, which needs Conv2d/Linear layers anyway) do not apply to such anchors
+    labels = sub.labels.clone() if isinstance(sub.labels, torch.Tensor) else torch.as_tensor(indices)
     return CalibrationSet(dataset=spec.source or spec.dataset, split=spec.split, indices=tuple(indices), images=images,
-                          labels=sub.labels.clone(), fingerprint=sub.fingerprint,
+                          labels=labels, fingerprint=sub.fingerprint,
                           description=f"{len(indices)} {spec.source or spec.dataset}/{spec.split} samples: {spec.rule} "
                                       f"(index list sha256 {spec.index_sha256[:16]})")
 
@@ -83,3 +88,9 @@ def overlapping_images(calibration_images: torch.Tensor | list, eval_images: tor
         return {hashlib.sha256(img.contiguous().numpy().tobytes()).hexdigest() for img in images}
 
     return len(digests(calibration_images) & digests(eval_images))
+
+
+def dataset_samples(dataset) -> "torch.Tensor | tuple":
+    """The raw samples of a dataset as compared for overlap: images, or a speech set's int16 waveforms."""
+    images = getattr(dataset, "images", None)
+    return images if images is not None else dataset.waveforms

@@ -191,14 +191,14 @@ def check_size_claim(point, artifact: Artifact) -> CheckRecord:
 def check_calibration(spec, pool, evaluation) -> CheckRecord:
     """``spec``'s indices exist in ``pool`` (its dataset split) and none of their images is in ``evaluation``
     (the test split, or the rest of a smoke set the list is carved out of; None when not loaded)."""
-    from .calibration import overlapping_images
+    from .calibration import dataset_samples, overlapping_images
 
     source = spec.source or spec.dataset
     in_range = max(spec.indices) < len(pool)
     overlap, evaluated = None, None
     if in_range and evaluation is not None:
         evaluated = len(evaluation)
-        overlap = overlapping_images(pool.subset(spec.indices).images, evaluation.images)
+        overlap = overlapping_images(dataset_samples(pool.subset(spec.indices)), dataset_samples(evaluation))
     ok = in_range and overlap == 0 and bool(evaluated)
     message = (f"{len(spec.indices)} {source}/{spec.split} samples ({spec.rule}); index list sha256 "
                f"{spec.index_sha256}; {overlap} of them identical to one of the {evaluated} evaluated images"

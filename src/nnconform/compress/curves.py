@@ -38,6 +38,7 @@ def case_rows(records: Iterable) -> list[dict[str, Any]]:
                      "claimed_tier": d.get("claimed_tier"), "config": d.get("config", {}),
                      # "top1" holds the anchor's task metric (WER for speech): metric_label says which
                      "top1": m["acc"], "top1_ref": m["acc_ref"], "metric_label": m.get("metric_label", "top-1 accuracy"),
+                     "task": m.get("task", "classification"), "higher_is_better": m.get("higher_is_better", True),
                      **{k: m.get(k) for k in CURVE_METRICS if k in m},
                      "delta_ci95": m.get("delta_ci95"), "mcnemar_p": m.get("mcnemar_p"),
                      "worst_class": m.get("worst_class"), "best_tier": m.get("best_tier"),
@@ -104,7 +105,8 @@ def quant_notes(rows: list[dict[str, Any]]) -> list[list[Any]]:
 
 
 def zoo_table(rows: list[dict[str, Any]]) -> list[list[Any]]:
-    """AIMET-model-zoo-like rows: anchor, FP32, W8A8, W4A8 top-1 (and bytes) from ``aimet-quant`` cases."""
+    """AIMET-model-zoo-like rows: anchor (and its metric), FP32, W8A8, W4A8 metric (and bytes) from ``aimet-quant``
+    cases."""
     by_anchor: dict[str, dict[str, dict]] = defaultdict(dict)
     for row in rows:
         if row["method"] != "aimet-quant":
@@ -119,7 +121,9 @@ def zoo_table(rows: list[dict[str, Any]]) -> list[list[Any]]:
     out = []
     for anchor, points in sorted(by_anchor.items()):
         any_row = next(iter(points.values()))
-        cells = [anchor, f"{any_row['top1_ref']:.2%} ({any_row['bytes_ref']} B)"]
+        label = any_row.get("metric_label") or "top-1 accuracy"  # the anchor's task metric (WER for speech)
+        cells = [f"{anchor} ({'top-1' if label == 'top-1 accuracy' else label})",
+                 f"{any_row['top1_ref']:.2%} ({any_row['bytes_ref']} B)"]
         for key in ("W8A8", "W4A8"):
             p = points.get(key)
             reduced = ((p or {}).get("method_metadata") or {}).get("adaround") or {}

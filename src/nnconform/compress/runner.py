@@ -57,8 +57,9 @@ class AnchorUnderTest:
     num_classes: int
     classes: tuple[str, ...]
     reference_logits: torch.Tensor
-    labels: torch.Tensor
+    labels: Any  # class indices (tensor); transcripts for speech
     smoke: bool = False
+    task: Any = None  # the task (nnconform.tasks) the outputs are scored with; None: classification
     _costs: dict = field(default_factory=dict, repr=False)
 
     def costs(self) -> dict[str, int]:
@@ -306,7 +307,7 @@ def run_case(point: CompressionPoint, anchor: AnchorUnderTest, calibration: Cali
                                 f"NaN-filled template in {decode_seconds:.2f} s", criterion=CRITERION))
 
         # 4. outputs: shape and finiteness ----------------------------------------------------
-        output = check_output(subject, decoded_probe, (probe_x.shape[0], anchor.num_classes))
+        output = check_output(subject, decoded_probe, _probe_shape(anchor, probe_x))
         rec(output)
         if not output.passed:
             return out
@@ -349,7 +350,8 @@ def run_case(point: CompressionPoint, anchor: AnchorUnderTest, calibration: Cali
             return out
         out.metrics = compute_metrics(anchor.reference_logits, logits, anchor.labels, anchor.classes,
                                       bytes_ref=costs["bytes"], nbytes=result.artifact.nbytes,
-                                      params_ref=costs["params"], params=params, macs_ref=costs["macs"], macs=macs)
+                                      params_ref=costs["params"], params=params, macs_ref=costs["macs"], macs=macs,
+                                      task=anchor.task)
         out.details["counts_source"] = count_source
         # a point that targets a cost ratio (AIMET compression) is judged by the ratio it reached
         target = check_target_reached(subject, point.config, out.metrics)
@@ -361,6 +363,14 @@ def run_case(point: CompressionPoint, anchor: AnchorUnderTest, calibration: Cali
         return out
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _probe_shape(anchor: AnchorUnderTest, probe_x: torch.Tensor) -> tuple[int, ...]:
+    """The output shape the decoded model must give on the probe batch: the anchor's own there (a classifier's
+    [n, classes]; an ASR model's [n, frames, vocabulary], whose frames follow the probe's length)."""
+    if anchor.task is None or getattr(anchor.task, "name", "classification") == "classification":
+        return (probe_x.shape[0], anchor.num_classes)
+    return tuple(forward(anchor.model, probe_x).shape)
 
 
 def _sandbox_details(details: dict, compressor, first_call: int) -> None:

@@ -60,8 +60,10 @@ class CompressionRuns:
             model = self.session.model(name)
             dataset = self.eval_dataset(name)
             ref = self.session.evaluator.evaluate(model, dataset, anchor.preprocess)
+            # a speech set has transcripts, no class names; its task (with the vocabulary) scores the outputs
             self.anchors[name] = AnchorUnderTest(name, model, tuple(anchor.input_shape), anchor.num_classes,
-                                                 tuple(dataset.classes), ref.logits, ref.labels, dataset.smoke)
+                                                 tuple(getattr(dataset, "classes", ())), ref.outputs, ref.labels,
+                                                 dataset.smoke, task=ref.task)
         return self.anchors[name]
 
     def calibration_for(self, name: str):
@@ -71,7 +73,8 @@ class CompressionRuns:
         spec = self.calibration_spec(name)
         key = f"{spec.dataset}|{anchor.preprocess.to_dict()}"
         if key not in self.calibration:
-            self.calibration[key] = build_calibration(spec, anchor.preprocess, data_dir=self.session.config.data_dir)
+            self.calibration[key] = build_calibration(spec, anchor.preprocess, data_dir=self.session.config.data_dir,
+                                                      cache_dir=self.session.config.cache_dir)
         return self.calibration[key]
 
     def outcome(self, point: CompressionPoint) -> CaseOutcome:
@@ -83,7 +86,7 @@ class CompressionRuns:
             dataset = self.eval_dataset(point.anchor)
 
             def evaluate(model: torch.nn.Module) -> torch.Tensor:
-                return self.session.evaluator.evaluate(model, dataset, anchor.preprocess).logits
+                return self.session.evaluator.evaluate(model, dataset, anchor.preprocess).outputs
 
             cache = Path(self.session.config.cache_dir) if self.session.config.cache_dir else None
             self.outcomes[point.id] = run_case(point, aut, calibration, evaluate=evaluate, cache_dir=cache)
@@ -95,12 +98,13 @@ class CompressionRuns:
         spec = self.plan.calibration[dataset_name]
         source = spec.source or spec.dataset
         data_dir = self.session.config.data_dir
-        pool = load(source, spec.split, data_dir=data_dir)
+        cache_dir = self.session.config.cache_dir  # speech sets are generated or laid out there
+        pool = load(source, spec.split, data_dir=data_dir, cache_dir=cache_dir)
         evaluation = None
         if max(spec.indices) < len(pool):
             if spec.evaluate_on_rest:
                 taken = set(spec.indices)
                 evaluation = pool.subset([i for i in range(len(pool)) if i not in taken])
             else:
-                evaluation = load(source, "test", data_dir=data_dir)
+                evaluation = load(source, "test", data_dir=data_dir, cache_dir=cache_dir)
         return check_calibration(spec, pool, evaluation)
