@@ -38,6 +38,10 @@ class Job:
         return f"{self.kind}:{self.key}"
 
 
+#: Split cases over a whole anchor that read its study (the first of them computes it in a serial run).
+SPLIT_STUDY_CASES = ("test_split_intermediate_data", "test_split_selection", "test_split_kpi")
+
+
 def _criterion(item) -> str | None:
     marker = item.get_closest_marker("criterion")
     return marker.args[0] if marker else None
@@ -68,6 +72,8 @@ def job_of_item(item, *, gpus: float = 0) -> tuple[str, str, tuple, str] | None:
             return "updates-accuracy", f"{pair.id}/{point.label}", (pair, point), pair.anchor
     if criterion == "updates" and name == "test_lineage_accuracy" and "checkpoint" in params:
         return "updates-reference", f"{anchor}/{params['checkpoint']}", (anchor, params["checkpoint"]), anchor
+    if criterion == "split" and name in SPLIT_STUDY_CASES and anchor:
+        return "split-study", anchor, (anchor,), anchor
     if criterion == "split" and ("split_case" in params or "split_cut" in params):
         case = params.get("split_case")
         if case is not None and not _own(getattr(case, "point", case)):
