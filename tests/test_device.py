@@ -102,3 +102,26 @@ def test_plugin_device_option(tmp_path):
     assert good.returncode == 0, good.stdout[-2000:] + good.stderr[-2000:]
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert f"DEVICE {expected}" in good.stdout
+
+
+def test_split_study_device_path_gives_the_cpu_results():
+    """The study's device path (head and tails moved to the device, features and outputs back to the CPU) runs here
+    with the CPU named as ``cpu:0``, which takes that path: the same payloads and outputs as the plain CPU path,
+    and the model is back on the CPU afterwards."""
+    from nnconform.split import SplitGraph, run_study
+    from nnconform.split.plan import SplitPoint
+    from nnconform.zoo import build_architecture
+
+    torch.manual_seed(0)
+    model = build_architecture("lenet5").eval()
+    graph = SplitGraph.trace(model, (1, 28, 28))
+    cut = graph.single_cuts[len(graph.single_cuts) // 2].name
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn((8, 1, 28, 28), generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(2)]
+    points = [SplitPoint(label="uq8", family="uq", codec="uniform", params=(("bits", 8),))]
+    plain = run_study("t", graph, data, coded={cut: points})
+    moved = run_study("t", graph, data, coded={cut: points}, device="cpu:0")
+    a, b = plain.result(cut, points[0].id), moved.result(cut, points[0].id)
+    assert a.ok and b.ok and a.payload_bytes == b.payload_bytes and torch.equal(a.logits, b.logits)
+    assert torch.equal(plain.ref_logits, moved.ref_logits)
+    assert all(p.device.type == "cpu" for p in model.parameters())

@@ -254,13 +254,15 @@ class SplitRuns:
         batch = max(1, min(run.batch_size, CAPTURE_BUDGET_BYTES // max(per_sample, 1)))
         resolutions = self.plan.resolutions.get(anchor.dataset, (anchor.input_shape[-1],))
         cache = None
+        device = getattr(session.config, "device", "cpu")  # the CPU adds nothing to the key (keys unchanged)
         if getattr(session.config, "cache_dir", None):
+            from ..engine.device import device_key_part
             from ..hashing import module_sha256
             from .cache import SplitResultCache
 
             stream = {"model": module_sha256(model), "dataset": dataset.fingerprint, "samples": len(dataset),
                       "preprocess": anchor.preprocess.to_dict(), "batch": batch, "threads": torch.get_num_threads(),
-                      "determinism_checks": DETERMINISM_CHECKS}
+                      "determinism_checks": DETERMINISM_CHECKS, **device_key_part(device)}
             cache = SplitResultCache(Path(session.config.cache_dir), stream, len(dataset))
         return run_study(
             anchor_name, graph, dataset.batches(anchor.preprocess, batch), coded=plan, stats_cuts=documented,
@@ -269,6 +271,7 @@ class SplitRuns:
             dataset=f"{dataset.name}/{dataset.split}", smoke=dataset.smoke, cache=cache,
             determinism_checks=DETERMINISM_CHECKS,
             task=getattr(dataset, "task", None) or anchor.task,  # a speech dataset carries its task (vocabulary)
+            device=device,
         )
 
 

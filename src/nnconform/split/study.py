@@ -148,9 +148,11 @@ def run_study(anchor: str, graph: SplitGraph, batches: Iterable[tuple[torch.Tens
               stats_samples: int = 256, determinism_checks: int = 2,
               profiles: Mapping[str, CutProfile] | None = None,
               resolution_numel: Mapping[str, Mapping[str, int]] | None = None,
-              dataset: str = "", smoke: bool = False, cache=None, task: Task | str | None = None) -> SplitStudy:
+              dataset: str = "", smoke: bool = False, cache=None, task: Task | str | None = None,
+              device: str = "cpu") -> SplitStudy:
     """Run the study; ``coded`` maps a single cut to the operating points coded there; ``task`` (classification by
-    default) scores the outputs.
+    default) scores the outputs. On another ``device`` the head and tails run there; features come back to the CPU
+    before they are coded or counted (a device sends them from host memory), outputs before they are scored.
 
     With a :class:`~nnconform.split.cache.SplitResultCache`, (cut, point) results stored by an earlier
     run are read back instead of coded again; the forward pass (statistics, reference logits) always runs.
@@ -163,6 +165,10 @@ def run_study(anchor: str, graph: SplitGraph, batches: Iterable[tuple[torch.Tens
     probe_cuts = list(dict.fromkeys(list(stats_cuts) + list(coded)))
     probe = graph.probe(probe_cuts)
     tails = {cut: graph.tail(cut) for cut in coded}
+    moved: list[torch.nn.Module] = []  # back to the CPU when the study ends (the model is shared with other cases)
+    if device != "cpu":
+        tails = {cut: _on_device(t, device, moved) for cut, t in tails.items()}
+        probe = _on_device(probe, device, moved)
     acc = {cut: FeatureStatsAccumulator(graph.cut(cut)) for cut in stats_cuts}
     results = {(cut, p.id): CodedResult(cut, p) for cut, pts in coded.items() for p in pts}
     codecs = {}
@@ -205,6 +211,8 @@ def run_study(anchor: str, graph: SplitGraph, batches: Iterable[tuple[torch.Tens
                     _code_batch(r, codecs[(cut, pid)], feats[cut], tails[cut], determinism_checks - r.determinism_checked)
             seen += len(y)
 
+    for module in moved:
+        module.to("cpu")
     labels_t = torch.cat(labels) if labels and isinstance(labels[0], torch.Tensor) else tuple(labels)
     ref = task.concat_outputs(ref_logits)
     for r in results.values():
@@ -226,6 +234,25 @@ def run_study(anchor: str, graph: SplitGraph, batches: Iterable[tuple[torch.Tens
     return SplitStudy(anchor=anchor, graph=graph, labels=labels_t, ref_logits=ref, stats=stats, coded=results,
                       dataset=dataset, smoke=smoke, profiles=dict(profiles or {}),
                       resolution_numel={k: dict(v) for k, v in (resolution_numel or {}).items()}, task=task)
+
+
+def _on_device(module, device: str, moved: list):
+    """``module`` computing on ``device``: inputs moved there, outputs brought back to the CPU (a tail is handed the
+    decoded features from host memory; its logits are scored on the CPU). The module is added to ``moved``."""
+    module.to(device)
+    moved.append(module)
+    return lambda x: _to_cpu(module(x.to(device) if isinstance(x, torch.Tensor) else tuple(t.to(device) for t in x)))
+
+
+def _to_cpu(value):
+    """Tensors (in tuples, lists and dicts, as a probe returns them) moved to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
 
 
 def _cache_point(p: OperatingPoint, codec=None) -> dict:
