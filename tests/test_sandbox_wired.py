@@ -170,3 +170,37 @@ def test_the_study_codes_a_batch_in_one_encode_and_one_shuffled_decode():
     assert codec.calls[1][0] == "decode" and sorted(order) == list(range(16)) and order != list(range(16))
     assert len(codec.calls) == 2 and r.max_abs_error == 0.0 and r.determinism_checked == 2
     assert torch.equal(r._chunks[0], batch.flatten(1)[:, :3])  # every decoded tensor back in its sample's place
+
+
+def test_the_runs_data_folder_is_hidden_from_proposal_code_even_inside_a_bound_tree(tmp_path, monkeypatch):
+    """A data folder that happens to lie inside a tree the sandbox binds (here the nnconform package itself) is
+    readable by proposal code until the plugin hides it (``hide_paths``, from --nnc-data-dir and the run's other
+    folders); hidden, the proposal's import fails to read it and the manifest is refused."""
+    import shutil
+
+    import nnconform
+    from nnconform.proposal import load_proposal
+    from nnconform.proposal import sandboxed
+
+    secret_dir = Path(nnconform.__file__).parent / f"_hidden_probe_{tmp_path.name}"
+    secret_dir.mkdir()
+    try:
+        (secret_dir / "t10k-labels.txt").write_text("the test labels")
+        monkeypatch.setattr(sandboxed, "_HIDDEN", [])
+        runs = {}
+        for hidden in (False, True):
+            folder = tmp_path / f"p-{hidden}"
+            shutil.copytree(FIXTURES / "good-compressor", folder, ignore=shutil.ignore_patterns("__pycache__"))
+            code = folder / "proposal.py"
+            code.write_text(code.read_text() + f"\nopen({str(secret_dir / 't10k-labels.txt')!r}).read()\n")
+            manifest = folder / "proposal.toml"
+            manifest.write_text("\n".join(line for line in manifest.read_text().splitlines()
+                                          if not line.startswith(("module_sha256", "tree_sha256"))))
+            if hidden:
+                sandboxed.hide_paths([secret_dir, None, "hub/id-not-a-path"])
+            runs[hidden] = load_proposal(folder)
+        assert runs[False].ok, runs[False].problems
+        assert not runs[True].ok
+        assert "t10k-labels.txt" in " ".join(pr.message for pr in runs[True].problems)
+    finally:
+        shutil.rmtree(secret_dir, ignore_errors=True)

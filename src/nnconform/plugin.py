@@ -187,6 +187,13 @@ def pytest_configure(config: pytest.Config) -> None:
     if asked and getattr(config.option, "dist", "no") == "load":
         # pytest-xdist: keep an anchor's cases on one worker so each worker loads a model once
         config.option.dist = "loadgroup"
+    if config.getoption("--nnc-proposal"):
+        from .proposal.sandboxed import hide_paths
+
+        # the run's data, caches and reports are never readable by proposal code, wherever they lie
+        hide_paths([*(config.getoption(o) for o in ("--nnc-data-dir", "--nnc-imagenet", "--nnc-cache-dir",
+                                                      "--nnc-report-dir")),
+                    default_cache_dir(config.rootpath), default_report_dir(config.rootpath)])
     proposals = _load_proposals(config.getoption("--nnc-proposal"))
     anchors = config.getoption("--nnc-anchors")
     if anchors is None:

@@ -31,6 +31,18 @@ ADAPTERS = "nnconform.sandbox.methods"
 DECODE_MEMO = 8
 
 
+#: Host paths masked in every sandboxed call besides the defaults of ``sandbox.bwrap.hidden_paths``: the run's
+#: data folder, ImageNet source, cache and report folders (the plugin sets them before any proposal is described).
+_HIDDEN: list[Path] = []
+
+
+def hide_paths(paths) -> None:
+    """Mask ``paths`` (existing local folders or files; hub ids and ``None`` are ignored) in every later call."""
+    for path in paths:
+        if path and Path(str(path)).exists() and Path(str(path)).resolve() not in _HIDDEN:
+            _HIDDEN.append(Path(str(path)).resolve())
+
+
 @dataclass
 class SandboxedProposal:
     """One proposal's code as the gate reaches it: its folder, module (or package), pin and the calls made."""
@@ -52,7 +64,7 @@ class SandboxedProposal:
         params = {"module": self.module, "package": self.package, **(params or {})}
         result = run_sandboxed(f"{ADAPTERS}:{fn}", inputs=inputs or {}, params=params, proposal_dir=self.folder,
                                tree_sha256=self.tree_sha256, proposal=self.name, call=fn,
-                               threads=torch.get_num_threads())
+                               threads=torch.get_num_threads(), hidden=tuple(_HIDDEN))
         self.isolation = result.isolation
         self.calls.append({"call": fn, "seconds": round(result.seconds, 3), "isolation": result.isolation})
         return result.outputs
