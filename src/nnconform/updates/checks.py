@@ -29,16 +29,18 @@ CRITERION = "updates"
 @kit.check("updates.lineage_accuracy", "A checkpoint of a lineage reproduces the top-1 its manifest documents (within "
            "the anchor's tolerance; on a smoke set, the documented value lies in the 95% Wilson interval)", "equal")
 def check_lineage_accuracy(subject: str, measured_top1: float, documented_top1: float | None, *,
-                           n: int, tolerance: float) -> CheckRecord:
-    """A checkpoint of a lineage reproduces the top-1 its manifest documents, within the anchor's tolerance."""
+                           n: int, tolerance: float, metric_label: str = "top-1") -> CheckRecord:
+    """A checkpoint of a lineage reproduces the value of the task's metric its manifest documents (top-1; an ASR
+    checkpoint's WER), within the anchor's tolerance (in the metric's units, either direction)."""
     if documented_top1 is None:
         return CheckRecord("updates.lineage_accuracy", subject, Status.INFO, measured=measured_top1,
-                           message=f"top-1 {measured_top1:.4%} on {n} samples (the manifest documents none)",
-                           criterion=CRITERION, details={"n": n})
+                           message=f"{metric_label} {measured_top1:.4%} on {n} samples (the manifest documents none)",
+                           criterion=CRITERION, details={"n": n, "metric_label": metric_label})
     diff = measured_top1 - documented_top1
     return gate("updates.lineage_accuracy", subject, abs(diff) <= tolerance, measured=measured_top1,
-                expected=documented_top1, tolerance=tolerance, criterion=CRITERION, details={"n": n, "diff": diff},
-                message=f"top-1 {measured_top1:.4%} vs documented {documented_top1:.4%} (diff {diff:+.4%}, "
+                expected=documented_top1, tolerance=tolerance, criterion=CRITERION,
+                details={"n": n, "diff": diff, "metric_label": metric_label},
+                message=f"{metric_label} {measured_top1:.4%} vs documented {documented_top1:.4%} (diff {diff:+.4%}, "
                         f"tolerance {tolerance:.4%}, {n} samples)")
 
 
@@ -58,8 +60,9 @@ def check_smoke_lineage_accuracy(subject: str, measured_top1: float, documented_
            "equal")
 def check_documented_change(subject: str, comparison: CheckpointComparison, documented: float, *, n: int,
                             tolerance: float, smoke: bool) -> CheckRecord:
-    """The measured change (target - base top-1) reproduces the documented one."""
-    c = comparison.comparison
+    """The measured change (target - base, in the task's metric) reproduces the documented one. ``comparison``: a
+    classifier's :class:`CheckpointComparison`, or any task's ``MetricComparison`` itself."""
+    c = getattr(comparison, "comparison", comparison)
     if smoke:
         lo, hi = c.delta_ci95
         ok, tol = lo <= documented <= hi, [lo, hi]
@@ -88,6 +91,23 @@ def comparison_record(subject: str, comparison: CheckpointComparison, changes: l
     return CheckRecord("updates.comparison", subject, Status.INFO, measured=c.delta, criterion=CRITERION, message=msg,
                        details={**comparison.to_dict(), "weights": summary,
                                 "layers": [ch.to_dict() for ch in changes]})
+
+
+def task_comparison_record(subject: str, base: str, target: str, comparison, changes: list[LayerChange]
+                           ) -> CheckRecord:
+    """``updates.comparison`` of a pair of a task other than classification (ASR: WER): the task's metric for
+    both checkpoints, the change and its paired bootstrap CI, and the per-layer weight changes (no per-class or
+    McNemar figures: those are a classifier's)."""
+    lo, hi = comparison.delta_ci95
+    summary = summarize_changes(changes)
+    label = comparison.metric.upper() if comparison.metric == "wer" else comparison.metric
+    msg = (f"{base} {label} {comparison.metric_ref:.4%} -> {target} {comparison.metric_new:.4%}: delta "
+           f"{comparison.delta:+.4%} (95% CI {lo:+.4%}..{hi:+.4%}, {comparison.n} samples); "
+           f"{summary['tensors_changed']}/{summary['tensors']} tensors, {summary['changed_fraction']:.2%} of weights "
+           f"changed (relative L2 {summary['relative_l2']:.3g})")
+    return CheckRecord("updates.comparison", subject, Status.INFO, measured=comparison.delta, criterion=CRITERION,
+                       message=msg, details={"base": base, "target": target, **comparison.to_dict(),
+                                             "weights": summary, "layers": [ch.to_dict() for ch in changes]})
 
 
 @kit.check("updates.reconstruction", "The payload decodes on its own base to exactly the state its header pins; a "

@@ -138,6 +138,18 @@ def read_header(payload: bytes) -> PayloadHeader:
     return unpack_payload(payload).header
 
 
+def _preprocess_from_header(raw: dict):
+    """The preprocessing a payload carries: a speech anchor's log-mel features (``kind = "log-mel"``), else an
+    image Preprocess; a malformed table raises TypeError/KeyError/ValueError naming the field."""
+    if not isinstance(raw, dict):
+        raise TypeError(f"expected a table, got {type(raw).__name__}")
+    if raw.get("kind") == "log-mel":
+        from ..speech.features import SpeechPreprocess
+
+        return SpeechPreprocess.from_dict(raw)
+    return Preprocess.from_dict(raw)
+
+
 def apply_update(base: Mapping[str, torch.Tensor], payload: bytes) -> DecodedUpdate:
     """Apply payload bytes to ``base``; refuse a damaged payload, a wrong base, or a wrong result.
 
@@ -176,7 +188,7 @@ def apply_update(base: Mapping[str, torch.Tensor], payload: bytes) -> DecodedUpd
         raise ReconstructionError(f"update codec {header.codec!r} reconstructed a state with sha256 {got}, but "
                                   f"the payload promises {header.target_sha256}; the result is discarded")
     try:
-        pre = Preprocess.from_dict(header.preprocess) if header.preprocess else None
+        pre = _preprocess_from_header(header.preprocess) if header.preprocess else None
     except (TypeError, KeyError, ValueError) as exc:
         raise PayloadError(f"payload header: preprocess {header.preprocess!r} is not a valid Preprocess: {exc}") from None
     return DecodedUpdate(state, pre, header)

@@ -18,7 +18,7 @@ from ..stats import top1_agreement, wilson_interval
 from .checks import (check_deterministic_encoding, check_documented_change, check_lineage_accuracy,
                      check_payload_safety, check_reconstruction, check_size_claim, check_smoke_lineage_accuracy,
                      check_nnc_lineage_decode, check_submitted_decode, check_submitted_file, check_update_accuracy,
-                     comparison_record, nnc_lineage_size_record)
+                     comparison_record, nnc_lineage_size_record, task_comparison_record)
 from .codec import CodecUnavailable, apply_update, encode_update, make_codec
 from .compare import compare_results, weight_changes
 from .plan import LineagePair, UpdatePlan, UpdatePoint
@@ -91,18 +91,25 @@ class UpdateRuns:
         anchor = self.session.anchor(anchor_name)
         dataset = self.session.dataset(anchor)
         result = self.session.reference(anchor_name, checkpoint)
-        documented = anchor.checkpoint(checkpoint).top1
-        hits = int(result.correct.sum())
-        ci = wilson_interval(hits, len(dataset))
+        task = result.task
+        # the checkpoint's documented value of the task's metric (top1; an ASR checkpoint's wer)
+        documented = getattr(anchor.checkpoint(checkpoint), task.metric, None)
+        classifier = task.name == "classification"
+        if classifier:
+            hits = int(result.correct.sum())
+            ci = wilson_interval(hits, len(dataset))
+        else:
+            hits, ci = None, task.interval(result.scores)
         details = {"anchor": anchor_name, "checkpoint": checkpoint, "index": index, "top1": result.metric,
-                   "ci95": list(ci), "documented": documented, "smoke": dataset.smoke,
+                   "metric": task.metric, "ci95": list(ci), "documented": documented, "smoke": dataset.smoke,
                    "preprocess": anchor.preprocess_for(checkpoint).to_dict(), "dataset": dataset.name}
         subject = f"{anchor_name}/{checkpoint}"
-        if dataset.smoke and documented is not None:
+        if dataset.smoke and documented is not None and classifier:
             rec = check_smoke_lineage_accuracy(subject, result.top1, documented, hits=hits, n=len(dataset), ci95=ci,
                                                dataset=dataset.name)
         else:
-            rec = check_lineage_accuracy(subject, result.top1, documented, n=len(dataset), tolerance=anchor.tolerance)
+            rec = check_lineage_accuracy(subject, result.metric, documented, n=len(dataset), tolerance=anchor.tolerance,
+                                         metric_label="top-1" if classifier else task.metric_label)
         rec.details.update(details)
         return CaseResult([rec])
 
@@ -112,13 +119,20 @@ class UpdateRuns:
         dataset = self.session.dataset(anchor)
         base_result = self.session.reference(pair.anchor, pair.base)
         target_result = self.session.reference(pair.anchor, pair.target)
-        comparison = compare_results(pair.base, pair.target, base_result, target_result, dataset.classes)
-        info = comparison_record(pair.id, comparison, weight_changes(*self.states(pair)))
+        task = target_result.task
+        if task.name == "classification":
+            comparison = compare_results(pair.base, pair.target, base_result, target_result, dataset.classes)
+            info = comparison_record(pair.id, comparison, weight_changes(*self.states(pair)))
+        else:  # the task's paired bootstrap on its metric (ASR: WER over utterances)
+            comparison = task.paired(base_result.scores, target_result.scores)
+            info = task_comparison_record(pair.id, pair.base, pair.target, comparison,
+                                          weight_changes(*self.states(pair)))
         info.details.update({"anchor": pair.anchor, "kind": pair.kind, "smoke": dataset.smoke})
         out = CaseResult([info])
-        doc_base, doc_target = anchor.checkpoint(pair.base).top1, anchor.checkpoint(pair.target).top1
+        doc_base = getattr(anchor.checkpoint(pair.base), task.metric, None)
+        doc_target = getattr(anchor.checkpoint(pair.target), task.metric, None)
         if doc_base is None or doc_target is None:
-            out.skip = f"{pair.id}: the manifest documents no top-1 for one of the checkpoints"
+            out.skip = f"{pair.id}: the manifest documents no {task.metric} for one of the checkpoints"
             return out
         out.records.append(check_documented_change(pair.id, comparison, doc_target - doc_base, n=len(dataset),
                                                    tolerance=anchor.tolerance, smoke=dataset.smoke))
