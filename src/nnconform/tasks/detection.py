@@ -91,11 +91,17 @@ def average_precision(weights: np.ndarray, images: np.ndarray, tp: np.ndarray, g
     if w.shape[1] == 0:
         out[has] = 0.0
         return out
-    seen = np.cumsum(w, axis=1)
+    seen = np.cumsum(w, axis=1)  # detections so far (weighted), shared by every threshold
     for ti in range(tp.shape[1]):
-        ctp = np.cumsum(w * tp[:, ti], axis=1)
+        # Only true positives move recall, and between two of them precision only falls: the envelope and
+        # the recall thresholds are read at the true positives alone (false positives count through ``seen``).
+        hits = np.nonzero(tp[:, ti])[0]
+        if len(hits) == 0:
+            out[has, ti] = 0.0
+            continue
+        ctp = np.cumsum(w[:, hits], axis=1)
         recall = ctp / npos
-        precision = ctp / (seen + _EPS)  # = tp / (tp + fp + eps), as COCOeval.accumulate
+        precision = ctp / (seen[:, hits] + _EPS)  # = tp / (tp + fp + eps), as COCOeval.accumulate
         envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
         # each recall threshold takes the envelope at the first detection whose recall reaches it
         reached = np.searchsorted(RECALL_THRESHOLDS, recall, side="right")
