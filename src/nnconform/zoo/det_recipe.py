@@ -38,7 +38,8 @@ class DetRecipe:
     """Training hyper-parameters of the embedded detector."""
 
     anchor: str = "fmnist-mosaic-det"
-    epochs: int = 4
+    epochs: int = 8
+    milestones: tuple[int, ...] = (2, 4, 6, 8)  # epochs saved as checkpoints (the last is the anchor)
     lr: float = 3e-3
     weight_decay: float = 1e-4
     batch_size: int = 32
@@ -152,7 +153,8 @@ def build_det_anchor(recipe: DetRecipe, out_root: Path, log=print) -> dict:
         log(f"{recipe.anchor} {name}: mAP@[.5:.95] {100 * m:.2f}%, mAP@.5 {100 * m50:.2f}% ({time.time() - t0:.0f}s)")
 
     _train_epochs(model, list(model.parameters()), x, classes, boxes, recipe, epochs=recipe.epochs, lr=recipe.lr,
-                  gen=gen, on_epoch=lambda e, loss: save(f"epoch{e}", f"end of epoch {e} of {recipe.epochs}"))
+                  gen=gen, on_epoch=lambda e, loss: save(f"epoch{e}", f"end of epoch {e} of {recipe.epochs}")
+                  if e in recipe.milestones else None)
 
     # The update: retrain only the head (shared tower and predictors) for one epoch, the rest frozen.
     modules = dict(model.named_modules())
