@@ -231,3 +231,14 @@ def test_update_payload_carries_log_mel_preprocessing_and_a_bad_table_is_refused
     bad = replace(parsed.header, preprocess={**parsed.header.preprocess, "hop_lenght": 160})  # a misspelt field
     with pytest.raises(PayloadError, match="not a valid Preprocess.*hop_lenght"):
         apply_update(base, pack_payload(bad, parsed.body))
+
+
+def test_speech_sizes_scale_with_duration_not_as_a_square_image():
+    from nnconform.split import SplitGraph, resolution_scaling
+
+    anchor = get_anchor(ANCHOR)
+    graph = SplitGraph.trace(anchor.build_architecture().eval(), tuple(anchor.input_shape))
+    sizes = resolution_scaling(graph, [101, 301, 501])  # 1, 3 and 5 s of audio
+    assert sizes["blocks"] == {"101": 128 * 51, "301": 128 * 151, "501": 128 * 251}  # stride-2 stem
+    assert sizes["flatten"]["301"] == 40 * 301  # the catalogue's size at the anchor's own input
+    assert sizes["head"]["501"] == 29 * 251

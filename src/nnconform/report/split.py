@@ -140,17 +140,20 @@ def _rate_accuracy(ctx: ReportContext, recs) -> list[str]:
                               r.message])
                 continue
             table.append([point["label"], d["family"], f"{d['bits_per_sample']:.0f}",
-                          _pct(d["bits_per_sample"] / d["raw_bits"]), f"{d['top1']:.4f}", f"{d['agreement']:.4f}",
+                          _pct(d["bits_per_sample"] / d["raw_bits"]), f"{d['top1']:.4f}",
+                          "-" if d.get("agreement") is None else f"{d['agreement']:.4f}",
                           d.get("best_tier") or "none", r.status.value.upper(), point.get("claimed_tier") or ""])
             curves[d["family"]].append({"bits_per_sample": d["bits_per_sample"], "top1": d["top1"],
                                         "agreement": d["agreement"], "point": point["label"],
                                         "proposal": point.get("proposal") or ""})
         smoke = any(r.details.get("smoke") for r in rows)
         ref = next((r.details.get("ref_top1") for r in rows if "ref_top1" in r.details), None)
+        # the anchor's task metric (top-1; WER for speech, lower is better)
+        metric = next((r.details.get("metric_label") for r in rows if r.details.get("metric_label")), "top-1")
         out += [f"#### {anchor} / {cut}: rate and accuracy", "",
-                f"Uncoded top-1 {ref:.4f} on {rows[0].details.get('n', '?')} samples"
+                f"Uncoded {metric} {ref:.4f} on {rows[0].details.get('n', '?')} samples"
                 + (" (smoke set: accuracy not gated)" if smoke else "") + "." if ref is not None else "", "",
-                md_table(["point", "family", "bits/sample", "of fp32", "top-1", "agreement", "best tier", "status",
+                md_table(["point", "family", "bits/sample", "of fp32", metric, "agreement", "best tier", "status",
                           "claim / error"], table), ""]
         rate_curves = [kit.RateCurve.from_rows(f"{anchor}/{cut}", fam, pts, ("bits_per_sample", "top1", "agreement",
                                                                              "point"),
@@ -161,15 +164,16 @@ def _rate_accuracy(ctx: ReportContext, recs) -> list[str]:
             ctx.artifacts[f"split/curves/{anchor}/{cut}/{c.method}"] = str(path.relative_to(ctx.run_dir))
         if rate_curves:
             path = kit.plot_curves(rate_curves, ctx.run_dir / SUBDIR / f"rate-accuracy-{_safe(anchor)}-{_safe(cut)}.png",
-                                   x="bits_per_sample", y="top1", xlabel="bits per sample", ylabel="top-1",
+                                   x="bits_per_sample", y="top1", xlabel="bits per sample",
+                                   ylabel=metric if metric == "top-1" else f"{metric} (lower is better)",
                                    title=f"{anchor} / {cut}", hlines=[(ref, "uncoded")] if ref is not None else ())
             rel = str(path.relative_to(ctx.run_dir))
             ctx.artifacts[f"split/rate-accuracy/{anchor}/{cut}"] = rel
             out += [f"![{anchor} {cut} rate-accuracy]({rel})", ""]
         if bd.get((anchor, cut)):
             anchor_fam = bd[(anchor, cut)][0].details.get("anchor_family")
-            out += [f"BD-rate against `{anchor_fam}` (negative: fewer bits for the same accuracy):", "",
-                    md_table(["family", "BD-rate (top-1)", "BD-rate (agreement)"],
+            out += [f"BD-rate against `{anchor_fam}` (negative: fewer bits for the same {metric}):", "",
+                    md_table(["family", f"BD-rate ({metric})", "BD-rate (agreement)"],
                              [[r.details["family"], _pct(r.details.get("bd_rate_top1"), 1) or "undefined",
                                _pct(r.details.get("bd_rate_agreement"), 1) or "undefined"]
                               for r in bd[(anchor, cut)]]), ""]

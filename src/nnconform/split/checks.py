@@ -180,6 +180,32 @@ def _describe(st) -> str:
             f"{st.zero_fraction:.1%} zeros, {st.entropy_bits:.2f} bits/element after 8-bit quantisation")
 
 
+def audio_seconds_per_input(anchor) -> float | None:
+    """Seconds of audio one input of a speech anchor holds: its ``input_shape``'s last axis counts feature frames,
+    ``hop_length`` samples apart at ``sample_rate`` (``center=True``: L samples give L // hop + 1 frames, so F
+    frames span (F - 1) * hop samples); None for an anchor whose preprocessing has no hop (images)."""
+    pre = getattr(anchor, "preprocess", None)
+    hop, rate = getattr(pre, "hop_length", None), getattr(pre, "sample_rate", None)
+    if not hop or not rate:
+        return None
+    return (int(anchor.input_shape[-1]) - 1) * hop / rate
+
+
+def per_second(byte_sizes: dict[str, float], seconds: float | None) -> dict[str, float] | None:
+    """Bytes per input turned into bytes per second of audio (None when the input is not audio)."""
+    if not seconds:
+        return None
+    return {k: v / seconds for k, v in byte_sizes.items()}
+
+
+def _describe_rate(rate: dict[str, float] | None, seconds: float | None) -> str:
+    if rate is None:
+        return ""
+    return (f"; per second of audio ({seconds:g} s per input): {rate['fp32'] / 1024:.1f} KiB fp32 / "
+            f"{rate['fp16'] / 1024:.1f} fp16 / {rate['int8'] / 1024:.1f} int8 "
+            f"({rate['fp32'] * 8 / 1000:.0f} kbit/s fp32)")
+
+
 def intermediate_data_records(anchor, graph: SplitGraph, profiles, scaling, stats, *, total_macs: int,
                               total_params: int, study=None, missing: str | None = None) -> list[CheckRecord]:
     """One INFO record per cut documenting what crosses it, then the consistency gate: head + tail MACs and
@@ -187,6 +213,7 @@ def intermediate_data_records(anchor, graph: SplitGraph, profiles, scaling, stat
     with input resolution (``missing`` says why value statistics are absent)."""
     native = str(anchor.input_shape[-1])
     problems, records = [], []
+    seconds = audio_seconds_per_input(anchor)  # speech: sizes per second of audio besides per input
     for cut in graph.cuts:
         p = profiles.get(cut.name)
         if p is None:
@@ -204,21 +231,27 @@ def intermediate_data_records(anchor, graph: SplitGraph, profiles, scaling, stat
             problems.append(f"{cut.name}: size shrinks as resolution grows: {sizes}")
         if cut.name in stats:
             st = stats[cut.name]
+            rate = per_second({k: st.kib_as(k) * 1024 for k in ("fp32", "fp16", "int8")}, seconds)
             records.append(_record(CheckRecord(
                 "split.intermediate_data", f"{anchor.name}/{cut.name}", Status.INFO, measured=st.kib_as("fp32"),
-                message=_describe(st), details={**st.to_dict(), "dataset": study.dataset, "smoke": study.smoke})))
+                message=_describe(st) + _describe_rate(rate, seconds),
+                details={**st.to_dict(), "dataset": study.dataset, "smoke": study.smoke,
+                         "audio_seconds_per_input": seconds, "bytes_per_audio_second": rate})))
         else:
             what = (f"{cut.num_tensors} tensors {[list(s) for s in cut.shapes]}" if not cut.single
                     else "x".join(map(str, cut.shapes[0])))
+            rate = per_second({"fp32": 4 * cut.numel, "fp16": 2 * cut.numel, "int8": cut.numel}, seconds)
             records.append(_record(CheckRecord(
                 "split.intermediate_data", f"{anchor.name}/{cut.name}", Status.INFO, measured=cut.numel * 4 / 1024,
                 message=f"{'multi-tensor cut: ' if not cut.single else ''}{what}, {cut.numel * 4 / 1024:.1f} KiB fp32"
+                        + _describe_rate(rate, seconds)
                         + ("" if missing is None or not cut.single else "; value statistics need the anchor's "
                                                                          "weights and data"),
                 details={**cut.to_dict(), "cut": cut.name,
                          "bytes": {"fp32": 4 * cut.numel, "fp16": 2 * cut.numel, "int8": cut.numel},
                          "head_macs": p.head_macs, "tail_macs": p.tail_macs, "head_params": p.head_params,
-                         "tail_params": p.tail_params, "resolution_numel": sizes, "statistics_missing": missing})))
+                         "tail_params": p.tail_params, "resolution_numel": sizes, "statistics_missing": missing,
+                         "audio_seconds_per_input": seconds, "bytes_per_audio_second": rate})))
     first = graph.single_cuts[0].name if graph.single_cuts else None
     if anchor.dataset.startswith("imagenet") and len(scaling.get(first, {})) < 2:
         problems.append(f"sizes documented at {len(scaling.get(first, {}))} resolution(s); "
@@ -250,7 +283,9 @@ def codec_records(anchor: str, cut: str, point, study) -> list[CheckRecord]:
     comparison = study.task.paired(study.ref_scores, r.scores)
     details = {**r.to_dict(), "point": point.to_dict(), "ref_top1": study.ref_top1,
                "raw_bits": 32 * study.graph.cut(cut).numel, "best_tier": best_tier_met(comparison),
-               "comparison": comparison.to_dict(), "dataset": study.dataset, "smoke": study.smoke}
+               "comparison": comparison.to_dict(), "dataset": study.dataset, "smoke": study.smoke,
+               "metric_label": "top-1" if study.task.name == "classification" else study.task.metric_label,
+               "higher_is_better": study.task.higher_is_better}
     classifier = study.task.name == "classification"
     summary = (f"{r.bits_per_sample:.0f} bits/sample ({r.bits_per_sample / details['raw_bits']:.2%} of fp32), "
                f"{'top-1' if classifier else study.task.metric_label} {r.top1:.4f} vs {study.ref_top1:.4f}"
@@ -284,13 +319,24 @@ def _pct(value, reason: str) -> str:
     return f"{value:+.1%}" if value is not None else f"undefined ({reason})"
 
 
+def oriented_curve(curve: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(rate, -metric) of a lower-is-better metric's curve (WER): BD-rate's quality axis must rise with quality,
+    so a codec that needs fewer bits for the same WER still gets a negative BD-rate."""
+    return [(rate, -value) for rate, value in curve]
+
+
 def bd_rate_records(anchor: str, cut: str, study, anchor_family: str) -> list[CheckRecord]:
     """BD-rate (monotone PCHIP fit) of every codec family against the anchor family's curve at this cut, on top-1
     and on agreement with the uncoded model (INFO), then the gate that the anchor curve has two or more usable
     points."""
     families = sorted({r.point.family for (c, _), r in study.coded.items() if c == cut})
+    classifier = study.task.name == "classification"
+    # BD-rate integrates rate over a quality that rises with rate: a lower-is-better metric (WER) is negated
+    quality = oriented_curve if not study.task.higher_is_better else (lambda curve: curve)
+    label = "top-1" if classifier else study.task.metric_label
     anchor_acc = study.curve(cut, anchor_family)
-    anchor_agr = study.curve(cut, anchor_family, metric="agreement")
+    # agreement with the uncoded model is a classifier's figure; other tasks gate on their metric's curve
+    anchor_agr = study.curve(cut, anchor_family, metric="agreement") if classifier else quality(anchor_acc)
     table, single_point, records = {}, [], []
     for fam in families:
         if fam == anchor_family:
@@ -298,16 +344,17 @@ def bd_rate_records(anchor: str, cut: str, study, anchor_family: str) -> list[Ch
         if len(study.curve(cut, fam)) < 2:
             single_point.append(fam)  # one operating point is no curve: no BD-rate to take
             continue
-        acc = bd_rate(anchor_acc, study.curve(cut, fam))
-        agr = bd_rate(anchor_agr, study.curve(cut, fam, metric="agreement"))
-        table[fam] = {"bd_rate_top1": acc.value, "bd_rate_agreement": agr.value,
-                      "top1": acc.to_dict(), "agreement": agr.to_dict()}
+        acc = bd_rate(quality(anchor_acc), quality(study.curve(cut, fam)))
+        agr = bd_rate(anchor_agr, study.curve(cut, fam, metric="agreement")) if classifier else None
+        table[fam] = {"bd_rate_top1": acc.value, "bd_rate_agreement": agr.value if agr else None,
+                      "top1": acc.to_dict(), "agreement": agr.to_dict() if agr else None, "metric": study.task.metric}
         records.append(_record(CheckRecord(
             "split.bd_rate", f"{anchor}/{cut}/{fam}", Status.INFO, measured=acc.value, expected=f"vs {anchor_family}",
-            message=f"BD-rate vs {anchor_family}: top-1 {_pct(acc.value, acc.reason)}, "
-                    f"agreement {_pct(agr.value, agr.reason)}",
+            message=f"BD-rate vs {anchor_family}: {label} {_pct(acc.value, acc.reason)}"
+                    + (f", agreement {_pct(agr.value, agr.reason)}" if agr else ""),
             details={"family": fam, "anchor_family": anchor_family, **table[fam],
-                     "curve_top1": study.curve(cut, fam), "curve_agreement": study.curve(cut, fam, metric="agreement"),
+                     "curve_top1": study.curve(cut, fam),
+                     "curve_agreement": study.curve(cut, fam, metric="agreement") if classifier else None,
                      "smoke": study.smoke})))
     usable = len(upper_envelope(anchor_agr))
     records.append(_record(gate(

@@ -203,11 +203,15 @@ class FeatureStatsAccumulator:
 
 
 def resolution_scaling(graph: SplitGraph, resolutions: Sequence[int]) -> dict[str, dict[str, int]]:
-    """Elements per sample at every cut for square inputs of each resolution: {cut: {"224": n}}."""
+    """Elements per sample at every cut for inputs of each resolution: {cut: {"224": n}}. A square input (an
+    image) is scaled on both axes; any other (log-mel [1, mels, frames]) on its last axis only: a speech
+    anchor's "resolution" is its number of feature frames, i.e. the audio's duration."""
     channels = graph.input_shape[0]
+    square = len(graph.input_shape) == 3 and graph.input_shape[1] == graph.input_shape[2]
     out: dict[str, dict[str, int]] = {c.name: {} for c in graph.cuts}
     for r in resolutions:
-        shapes = graph.shapes_at((channels, int(r), int(r)))
+        shape = (channels, int(r), int(r)) if square else (*graph.input_shape[:-1], int(r))
+        shapes = graph.shapes_at(shape)
         for name, per_tensor in shapes.items():
             out[name][str(int(r))] = int(sum(int(np.prod(s)) for s in per_tensor))
     return out
