@@ -61,7 +61,24 @@ def dataset_infos() -> list[DatasetInfo]:
             "20 images", "validation (10 even positions calibrate, the 10 others evaluate compressed models)",
             "ImageNet terms of access, as redistributed by foolbox (MIT)",
             ("PyPI wheel `foolbox` (installed `--no-deps` by `make setup`)",), smoke=True),
-    ] + _speech_infos()
+    ] + _speech_infos() + _detection_infos()
+
+
+def _detection_infos() -> list[DatasetInfo]:
+    """The detection set composed from Fashion-MNIST (:mod:`nnconform.detection.data`)."""
+    from ..detection import data as dd
+
+    (n_train, seed_train), (n_test, seed_test) = dd.SPLITS["train"], dd.SPLITS["test"]
+    return [DatasetInfo(
+        dd.MOSAIC_DATASET,
+        f"{dd.DESCRIPTION}: {dd.SIZE}x{dd.SIZE} grey canvases with 1-{dd.MAX_ITEMS} Fashion-MNIST items each, "
+        f"scaled by a log-uniform factor in {dd.SCALE_RANGE}, placed at random (overlap IoU <= {dd.MAX_IOU}), "
+        "composited by the pixel maximum; boxes are each item's tight extent, classes its Fashion-MNIST class. "
+        "Synthetic: not COCO, and its mAP is not comparable with COCO figures.",
+        f"{n_train:,} training canvases (seed {seed_train}, items from Fashion-MNIST train) and {n_test:,} test "
+        f"canvases (seed {seed_test}, items from Fashion-MNIST test)", "test",
+        "MIT (built from Fashion-MNIST, Zalando Research)",
+        ("composed in memory from the Fashion-MNIST files (see `fashion-mnist`)",))]
 
 
 def _speech_infos() -> list[DatasetInfo]:
