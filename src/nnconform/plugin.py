@@ -370,8 +370,12 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             # the heavy work goes to Ray now, ahead of the first test body
             from .engine import start_ray
 
-            session.config.stash[_ENGINE] = start_ray(run.config, session.items,
-                                                      threads=session.config.getoption("--nnc-threads") or 1)
+            try:
+                session.config.stash[_ENGINE] = start_ray(run.config, session.items,
+                                                          threads=session.config.getoption("--nnc-threads") or 1)
+            except Exception as exc:  # no cluster to talk to: say so in one line rather than run without it
+                raise pytest.UsageError(f"--nnc-ray {run.config.ray!r}: Ray did not start or connect: "
+                                        f"{type(exc).__name__}: {first_line(str(exc))}") from None
 
 
 @pytest.hookimpl(tryfirst=True)

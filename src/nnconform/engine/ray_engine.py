@@ -24,6 +24,22 @@ def _remote_run(job: Job, config, threads: int) -> dict[str, Any]:
     return run_job(job, config, threads)
 
 
+def _reachable(address: str, timeout: float = 10.0) -> None:
+    """For a ``host:port`` (or ``ray://host:port``) address, a ``ConnectionError`` naming it when nothing answers
+    there within ``timeout`` s (``ray.init`` would retry for minutes). ``auto`` is Ray's to resolve."""
+    import socket
+
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if address == "auto" or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {hostport} ({exc.strerror or exc}); start the cluster with "
+                              f"`ray start --head` there, or use --nnc-ray local") from None
+
+
 @dataclass
 class JobFailure:
     """A job that raised (or whose worker died): its id and the error's first line."""
@@ -61,6 +77,7 @@ class RayEngine:
                      configure_logging=False)
             started = True
         else:
+            _reachable(address)
             ray.init(address=address, log_to_driver=False, configure_logging=False)
             started = True
         return cls(address, config, threads=threads, started_here=started)
