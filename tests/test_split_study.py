@@ -203,10 +203,19 @@ def test_feature_statistics(graph):
     assert relu.channel_var["max"] == pytest.approx(float(f.var(dim=(0, 2, 3), unbiased=False).max()))
 
 
-def test_multi_tensor_cut_cannot_be_coded(graph):
-    multi = next(c.name for c in graph.cuts if not c.single)
-    with pytest.raises(ValueError, match="hands over 2 tensors"):
-        run_study("t", graph, batches(1), coded={multi: [_point("raw", "raw", "raw")]})
+def test_multi_tensor_cut_is_coded_per_tensor(graph):
+    """A cut inside a residual block (block input + branch) is coded per tensor: a sample's bytes are the sum of
+    its tensors' payloads, and the lossless raw codec gives the uncoded model's outputs."""
+    cut = graph.cut(next(c.name for c in graph.cuts if not c.single))
+    data = batches(1, size=4)
+    study = run_study("t", graph, data, coded={cut.name: [_point("raw", "raw", "raw", lossless=True)]})
+    r = study.result(cut.name, "raw")
+    assert r.ok, r.error
+    with torch.inference_mode():
+        mids = graph.head(cut.name)(data[0][0])
+    expected = [sum(len(RawCodec().encode(t[i])) for t in mids) for i in range(4)]
+    assert r.payload_bytes == expected and len(mids) == cut.num_tensors == 2
+    assert torch.equal(r.logits, study.ref_logits)
 
 
 class Zeroing(_Raw):

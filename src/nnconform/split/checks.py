@@ -24,7 +24,7 @@ from .selection import Candidate, bounds, end_to_end, select_split
 CRITERION = "split"
 
 kit.register_check("split.catalogue", "cuts found in the traced graph have unique module or node names, at least one "
-                   "hands over a single tensor, and every cut split.toml names exists and is single", "pass-fail")
+                   "hands over a single tensor, and every cut split.toml names exists and hands over tensors only", "pass-fail")
 kit.register_check("split.catalogue_current", "the committed cut catalogue (anchors/split-catalogue.toml) matches a "
                    "fresh trace of the anchor's architecture", "equal")
 kit.register_check("split.head_tail_identity", "tail(head(x)) is bit-identical to model(x) at every cut in scope",
@@ -69,8 +69,8 @@ def _call_tail(tail, mid):
 def check_catalogue(anchor: str, model: torch.nn.Module, graph: SplitGraph,
                     plan_cuts: Mapping[str, Sequence[str]], *, trained: bool) -> CheckRecord:
     """Cuts are found in the traced graph: names are unique module paths (or the fx name of a function called in
-    ``forward``), at least one cut hands over a single tensor, and every cut ``split.toml`` names exists and is
-    single."""
+    ``forward``), at least one cut hands over a single tensor, and every cut ``split.toml`` names exists and hands
+    over tensors only (a multi-tensor cut is coded per tensor)."""
     problems = []
     names = [c.name for c in graph.cuts]
     if len(set(names)) != len(names):
@@ -87,8 +87,9 @@ def check_catalogue(anchor: str, model: torch.nn.Module, graph: SplitGraph,
         for n in listed:
             if n not in names:
                 problems.append(f"split.toml cuts.{anchor}.{run_tier} names {n!r}, which is not in the catalogue")
-            elif not graph.cut(n).single:
-                problems.append(f"split.toml cuts.{anchor}.{run_tier} names {n!r}, a multi-tensor cut")
+            elif graph.cut(n).other_values:  # tensors are coded (each one of a multi-tensor cut); nothing else
+                problems.append(f"split.toml cuts.{anchor}.{run_tier} names {n!r}, a cut that also hands over "
+                                f"non-tensor values {list(graph.cut(n).other_values)}")
     multi = [c for c in graph.cuts if not c.single]
     return _record(gate(
         "split.catalogue", anchor, not problems, measured=len(graph.cuts), expected=">= 1 single cut",
@@ -221,8 +222,9 @@ def intermediate_data_records(anchor, graph: SplitGraph, profiles, scaling, stat
             continue
         if p.head_macs + p.tail_macs != total_macs:
             problems.append(f"{cut.name}: head {p.head_macs} + tail {p.tail_macs} MACs != model {total_macs}")
-        if p.head_params + p.tail_params != total_params:
-            problems.append(f"{cut.name}: head {p.head_params} + tail {p.tail_params} params != model {total_params}")
+        if p.head_params + p.tail_params - p.shared_params != total_params:  # shared weights are sent to both sides
+            problems.append(f"{cut.name}: head {p.head_params} + tail {p.tail_params} - shared {p.shared_params} "
+                            f"params != model {total_params}")
         sizes = scaling.get(cut.name, {})
         if native in sizes and sizes[native] != cut.numel:
             problems.append(f"{cut.name}: {sizes[native]} elements at {native}px, catalogue says {cut.numel}")
@@ -250,7 +252,8 @@ def intermediate_data_records(anchor, graph: SplitGraph, profiles, scaling, stat
                 details={**cut.to_dict(), "cut": cut.name,
                          "bytes": {"fp32": 4 * cut.numel, "fp16": 2 * cut.numel, "int8": cut.numel},
                          "head_macs": p.head_macs, "tail_macs": p.tail_macs, "head_params": p.head_params,
-                         "tail_params": p.tail_params, "resolution_numel": sizes, "statistics_missing": missing,
+                         "tail_params": p.tail_params, "shared_params": p.shared_params, "resolution_numel": sizes,
+                         "statistics_missing": missing,
                          "audio_seconds_per_input": seconds, "bytes_per_audio_second": rate})))
     first = graph.single_cuts[0].name if graph.single_cuts else None
     if anchor.dataset.startswith("imagenet") and len(scaling.get(first, {})) < 2:

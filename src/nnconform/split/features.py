@@ -29,6 +29,7 @@ class CutProfile:
     tail_macs: int
     head_params: int
     tail_params: int
+    shared_params: int = 0  # read on both sides: a head shared by every FPN level, applied before and after the cut
 
 
 def profile_cuts(graph: SplitGraph) -> dict[str, CutProfile]:
@@ -69,22 +70,24 @@ def profile_cuts(graph: SplitGraph) -> dict[str, CutProfile]:
                     params.append(obj)
         node_params[n] = params
 
-    def count(nodes: Sequence[fx.Node]) -> int:
+    def params_of(nodes: Sequence[fx.Node]) -> dict[int, int]:
         seen: dict[int, int] = {}
         for n in nodes:
             for p in node_params[n]:
                 seen[id(p)] = p.numel()
-        return sum(seen.values())
+        return seen
 
     out = {}
     for cut in graph.cuts:
         pos = graph._boundaries[cut.name]
         head_macs = running[order[pos]] // 2
+        head, tail = params_of(order[: pos + 1]), params_of(order[pos + 1:])
         out[cut.name] = CutProfile(
             head_macs=int(head_macs),
             tail_macs=int(total_macs - head_macs),
-            head_params=count(order[: pos + 1]),
-            tail_params=count(order[pos + 1:]),
+            head_params=sum(head.values()),
+            tail_params=sum(tail.values()),
+            shared_params=sum(v for k, v in head.items() if k in tail),
         )
     return out
 

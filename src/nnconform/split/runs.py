@@ -131,16 +131,23 @@ def measure_latencies(model: torch.nn.Module, graph: SplitGraph, study: SplitStu
         for cut in dict.fromkeys(c for c, _ in study.coded):
             head, tail = graph.head(cut), graph.tail(cut)
             mid = head(x)
+            sent = first_sample(mid)
             out[f"{cut}/head"] = median_seconds(lambda: head(x), rounds)
-            out[f"{cut}/tail"] = median_seconds(lambda: tail(mid), rounds)
+            out[f"{cut}/tail"] = median_seconds(lambda: tail(*(mid if isinstance(mid, tuple) else (mid,))), rounds)
             for (c, pid), r in study.coded.items():
                 if c != cut or not r.ok:
                     continue
                 codec = r.point.build()
-                payload = codec.encode(mid[0])
-                out[f"{cut}/{pid}/encode"] = median_seconds(lambda: codec.encode(mid[0]), rounds)
-                out[f"{cut}/{pid}/decode"] = median_seconds(lambda: codec.decode(payload), rounds)
+                payloads = [codec.encode(t) for t in sent]
+                out[f"{cut}/{pid}/encode"] = median_seconds(lambda: [codec.encode(t) for t in sent], rounds)
+                out[f"{cut}/{pid}/decode"] = median_seconds(lambda: [codec.decode(p) for p in payloads], rounds)
     return out
+
+
+def first_sample(mid: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """The tensors a head hands over for the batch's first sample, one per crossing tensor (a multi-tensor cut is
+    coded per tensor, as the study codes it)."""
+    return (mid[0],) if isinstance(mid, torch.Tensor) else tuple(t[0] for t in mid)
 
 
 @dataclass

@@ -159,9 +159,9 @@ def run_study(anchor: str, graph: SplitGraph, batches: Iterable[tuple[torch.Tens
     """
     task = get_task(task)
     for cut in coded:
-        if not graph.cut(cut).single:
-            raise ValueError(f"{anchor}: cut {cut!r} hands over {graph.cut(cut).num_tensors} tensors; "
-                             "feature codecs code single-tensor cuts")
+        if graph.cut(cut).other_values:  # a tail that needs non-tensor values besides the batch size
+            raise ValueError(f"{anchor}: cut {cut!r} hands over non-tensor values {graph.cut(cut).other_values}; "
+                             "feature codecs code tensors only")
     probe_cuts = list(dict.fromkeys(list(stats_cuts) + list(coded)))
     probe = graph.probe(probe_cuts)
     tails = {cut: graph.tail(cut) for cut in coded}
@@ -241,7 +241,7 @@ def _on_device(module, device: str, moved: list):
     decoded features from host memory; its logits are scored on the CPU). The module is added to ``moved``."""
     module.to(device)
     moved.append(module)
-    return lambda x: _to_cpu(module(x.to(device) if isinstance(x, torch.Tensor) else tuple(t.to(device) for t in x)))
+    return lambda *xs: _to_cpu(module(*(x.to(device) for x in xs)))
 
 
 def _to_cpu(value):
@@ -271,54 +271,30 @@ def _fail(r: CodedResult, exc: BaseException, kind: str) -> None:
     r._chunks.clear()
 
 
-def _code_batch(r: CodedResult, codec, batch: torch.Tensor, tail, determinism_left: int) -> None:
+def _code_batch(r: CodedResult, codec, batch: torch.Tensor | tuple[torch.Tensor, ...], tail,
+                determinism_left: int) -> None:
     """Code a batch of samples: ``encode_many`` once (plus fresh copies of the first ``determinism_left`` samples,
     whose payloads must repeat), then ``decode_many`` once with the payloads in a seeded, shuffled order (a
-    sandboxed codec decodes in a process that never saw the features, and not in the order they were coded)."""
-    label = f"{r.point.id} at {r.cut}"
-    decoded = []
-    sizes = []
+    sandboxed codec decodes in a process that never saw the features, and not in the order they were coded).
+
+    A multi-tensor cut (FPN levels, skip connections) is coded per tensor, as FCM codes P2..P5: each crossing
+    tensor of a sample is one payload, the sample's bits are the sum of its payloads, and the tail runs on
+    every decoded tensor."""
+    tensors = (batch,) if isinstance(batch, torch.Tensor) else tuple(batch)
+    sizes = None
+    decoded_all = []
+    checked = r.determinism_checked
     try:
-        n = batch.shape[0]
-        again = min(max(determinism_left, 0), n)
-        samples = [batch[i] for i in range(n)]
-        coded = codec.encode_many(samples + [batch[i].clone() for i in range(again)])
-        if not isinstance(coded, list) or len(coded) != n + again:
-            raise CodecContractError(f"{label}: encode_many returned {type(coded).__name__} of "
-                                     f"{len(coded) if isinstance(coded, list) else '?'} payloads for {n + again} samples")
-        for p in coded:
-            check_payload(p, label)
-        payloads = coded[:n]
-        for i in range(again):
-            if coded[n + i] != payloads[i]:
-                first = next((j for j in range(min(len(coded[n + i]), len(payloads[i])))
-                              if coded[n + i][j] != payloads[i][j]), min(len(coded[n + i]), len(payloads[i])))
-                raise CodecContractError(f"{label}: encode is not deterministic: two encodings of the same tensor "
-                                         f"differ ({len(payloads[i])} and {len(coded[n + i])} bytes, first "
-                                         f"difference at byte {first})")
-            r.determinism_checked += 1
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(r.n + 7919)).tolist()
-        shuffled = codec.decode_many([payloads[j] for j in order])
-        if not isinstance(shuffled, list) or len(shuffled) != n:
-            raise CodecContractError(f"{label}: decode_many returned {type(shuffled).__name__} for {n} payloads")
-        outputs = [None] * n
-        for pos, j in enumerate(order):
-            outputs[j] = shuffled[pos]
-        for i in range(n):
-            sample, payload, dec = samples[i], payloads[i], outputs[i]
-            check_decoded(dec, sample, label)
-            diff = (dec.to(torch.float64) - sample.to(torch.float64)).abs()
-            if r.point.lossless and bool((diff > 0).any()):
-                raise CodecContractError(f"{label}: declared lossless, but decoded values differ from the input "
-                                         f"by up to {float(diff.max()):.3g} in sample {r.n + i}")
-            r.max_abs_error = max(r.max_abs_error, float(diff.max()))
-            r.sq_error += float((diff * diff).sum())
-            r.elements += diff.numel()
-            sizes.append(len(payload))
-            decoded.append(dec)
-        logits = tail(torch.stack(decoded))
+        for k, t in enumerate(tensors):
+            label = f"{r.point.id} at {r.cut}" + (f" (tensor {k} of {len(tensors)})" if len(tensors) > 1 else "")
+            r.determinism_checked = checked  # counted per sample, not per tensor
+            tensor_sizes, decoded = _code_tensor(r, codec, t, label, determinism_left)
+            sizes = tensor_sizes if sizes is None else [a + b for a, b in zip(sizes, tensor_sizes)]
+            decoded_all.append(torch.stack(decoded))
+        logits = tail(*decoded_all)
         if not bool(torch.isfinite(logits).all()):
-            raise CodecContractError(f"{label}: the tail produced non-finite logits from decoded features")
+            raise CodecContractError(f"{r.point.id} at {r.cut}: the tail produced non-finite logits from decoded "
+                                     "features")
     except CodecContractError as exc:
         _fail(r, exc, "contract")
         return
@@ -327,3 +303,49 @@ def _code_batch(r: CodedResult, codec, batch: torch.Tensor, tail, determinism_le
         return
     r.payload_bytes.extend(sizes)
     r._chunks.append(logits)
+
+
+def _code_tensor(r: CodedResult, codec, batch: torch.Tensor, label: str,
+                 determinism_left: int) -> tuple[list[int], list[torch.Tensor]]:
+    """One crossing tensor of a batch coded and decoded (see :func:`_code_batch`): payload sizes and decoded samples;
+    the feature-error figures accumulate on ``r``. Raises :class:`CodecContractError` on a broken protocol."""
+    decoded = []
+    sizes = []
+    n = batch.shape[0]
+    again = min(max(determinism_left, 0), n)
+    samples = [batch[i] for i in range(n)]
+    coded = codec.encode_many(samples + [batch[i].clone() for i in range(again)])
+    if not isinstance(coded, list) or len(coded) != n + again:
+        raise CodecContractError(f"{label}: encode_many returned {type(coded).__name__} of "
+                                 f"{len(coded) if isinstance(coded, list) else '?'} payloads for {n + again} samples")
+    for p in coded:
+        check_payload(p, label)
+    payloads = coded[:n]
+    for i in range(again):
+        if coded[n + i] != payloads[i]:
+            first = next((j for j in range(min(len(coded[n + i]), len(payloads[i])))
+                          if coded[n + i][j] != payloads[i][j]), min(len(coded[n + i]), len(payloads[i])))
+            raise CodecContractError(f"{label}: encode is not deterministic: two encodings of the same tensor "
+                                     f"differ ({len(payloads[i])} and {len(coded[n + i])} bytes, first "
+                                     f"difference at byte {first})")
+        r.determinism_checked += 1
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(r.n + 7919)).tolist()
+    shuffled = codec.decode_many([payloads[j] for j in order])
+    if not isinstance(shuffled, list) or len(shuffled) != n:
+        raise CodecContractError(f"{label}: decode_many returned {type(shuffled).__name__} for {n} payloads")
+    outputs = [None] * n
+    for pos, j in enumerate(order):
+        outputs[j] = shuffled[pos]
+    for i in range(n):
+        sample, payload, dec = samples[i], payloads[i], outputs[i]
+        check_decoded(dec, sample, label)
+        diff = (dec.to(torch.float64) - sample.to(torch.float64)).abs()
+        if r.point.lossless and bool((diff > 0).any()):
+            raise CodecContractError(f"{label}: declared lossless, but decoded values differ from the input "
+                                     f"by up to {float(diff.max()):.3g} in sample {r.n + i}")
+        r.max_abs_error = max(r.max_abs_error, float(diff.max()))
+        r.sq_error += float((diff * diff).sum())
+        r.elements += diff.numel()
+        sizes.append(len(payload))
+        decoded.append(dec)
+    return sizes, decoded
