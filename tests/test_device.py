@@ -125,3 +125,79 @@ def test_split_study_device_path_gives_the_cpu_results():
     assert a.ok and b.ok and a.payload_bytes == b.payload_bytes and torch.equal(a.logits, b.logits)
     assert torch.equal(plain.ref_logits, moved.ref_logits)
     assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+def test_cpu_compression_key_unchanged_and_another_device_differs():
+    """The compression cache key on the CPU is the one written before the device existed (the same spec,
+    recomputed here), so every CPU artifact in the cache and the golden quick tier stay; another device gets its
+    own key."""
+    from nnconform.compress import CalibrationSet, make_compressor
+    from nnconform.compress.runner import (ENGINE_VERSION, STORE_FORMAT, CompressionCache, _source_sha256,
+                                           _tool_versions)
+    from nnconform.hashing import module_sha256, sha256_bytes
+
+    class _Point:
+        config = make_compressor("fp16").config
+
+    model = torch.nn.Linear(3, 2)
+    calib = CalibrationSet("synthetic", "train", (0, 1), torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), "c" * 64)
+    compressor = make_compressor("fp16")
+    old_spec = {"engine": ENGINE_VERSION, "store": STORE_FORMAT, "config": _Point.config.to_dict(),
+                "model": module_sha256(model), "calibration": calib.fingerprint, "torch": torch.__version__,
+                "versions": _tool_versions(), "handler_source": _source_sha256(compressor)}
+    old = sha256_bytes(json.dumps(old_spec, sort_keys=True).encode())
+    cache = CompressionCache(None)
+    assert cache.key(_Point, model, calib, compressor) == old
+    assert cache.key(_Point, model, calib, compressor, "cpu") == old
+    assert cache.key(_Point, model, calib, compressor, "cuda:0") != old
+
+
+def _lenet_and_calibration():
+    from nnconform.compress import CalibrationSet
+    from nnconform.zoo import build_architecture
+
+    torch.manual_seed(1)
+    model = build_architecture("lenet5").eval()
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn((64, 1, 28, 28), generator=g), torch.randint(0, 10, (64,), generator=g)
+    return model, CalibrationSet("synthetic", "train", tuple(range(64)), x, y, "f" * 64)
+
+
+# the LeNet-5 quick-tier points (anchors/compression.toml), with the search and calibration cut to the 64 images here
+_AIMET_POINTS = [("aimet-quant", {"param_bw": 8, "output_bw": 8, "calibration_samples": 64}),
+                 ("aimet-ssvd", {"target_ratio": 0.6, "ignore": ["features.0"], "eval_samples": 64,
+                                 "num_candidates": 3})]
+
+
+@pytest.mark.parametrize("method,config", _AIMET_POINTS, ids=[m for m, _ in _AIMET_POINTS])
+def test_aimet_on_the_context_device(method, config, monkeypatch, tmp_path):
+    """With ``device="cpu"`` passed explicitly through the context the AIMET artifact is byte for byte the one a
+    context without a device gives (today's path); a device other than ``cpu`` (the CPU named ``cpu:0``, so it runs
+    here) reaches the handler's ``Module.to`` calls, gives the same bytes, and the module comes back on the CPU."""
+    pytest.importorskip("aimet_torch", reason="AIMET needs aimet-torch==2.42.0")
+    import copy
+
+    from nnconform.compress import CompressionContext, make_compressor
+
+    model, calib = _lenet_and_calibration()
+
+    def run(tag: str, **device) -> tuple[str, torch.nn.Module]:
+        ctx = CompressionContext("lenet", (1, 28, 28), 10, calib, tmp_path / tag, **device)
+        result = make_compressor(method, config).compress(copy.deepcopy(model), ctx)
+        return result.artifact.sha256, result.module
+
+    today, _ = run("default")
+    assert run("cpu", device="cpu")[0] == today
+
+    seen = []
+    original = torch.nn.Module.to
+
+    def recording_to(self, *args, **kwargs):
+        seen.append(str(args[0]) if args else str(kwargs.get("device")))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", recording_to)
+    moved, module = run("moved", device="cpu:0")
+    assert "cpu:0" in seen, seen
+    assert moved == today
+    assert all(p.device == torch.device("cpu") for p in module.parameters())

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..engine.device import device_key_part
 from ..hashing import module_sha256, sha256_bytes
 from ..kit import register_method
 from ..progress import Progress
@@ -124,7 +125,8 @@ def _eval_scores_key(model: nn.Module, config: AimetCompressionConfig, ctx: Comp
     spec = config.to_dict()
     for name in ("target_ratio", "finetune_epochs", "finetune_lr", "finetune_batch_size"):
         spec.pop(name)  # the per-layer scores do not depend on the target or on what happens after
-    spec.update(model=module_sha256(model), calibration=ctx.calibration.fingerprint)
+    spec.update(model=module_sha256(model), calibration=ctx.calibration.fingerprint,
+                **device_key_part(ctx.device))  # a GPU scores with other float bits; CPU keys stay as they were
     return sha256_bytes(json.dumps(spec, sort_keys=True).encode())[:24]
 
 
@@ -171,11 +173,12 @@ class AimetCompressor(Compressor):
         raise NotImplementedError
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressedModel:
-        """``ModelCompressor.compress_model`` in auto mode; the artifact is structure changes + float32 safetensors."""
+        """``ModelCompressor.compress_model`` in auto mode on ``ctx.device`` (AIMET builds its dummy input on the
+        model's device); the artifact is structure changes + float32 safetensors, written from the CPU."""
         config = self.config
         ModelCompressor, cdefs, tdefs = _import_aimet_compress()
         reference = copy.deepcopy(model).eval()
-        work = copy.deepcopy(model).eval()
+        work = copy.deepcopy(model).eval().to(ctx.device)
         named = dict(work.named_modules())
         missing = [n for n in config.ignore if n not in named]
         if missing:
@@ -183,6 +186,7 @@ class AimetCompressor(Compressor):
         ignore_modules = [named[n] for n in config.ignore]
 
         x_eval, y_eval = ctx.calibration.take(config.eval_samples)
+        x_eval, y_eval = x_eval.to(ctx.device), y_eval.to(ctx.device)  # the greedy search scores on the device
 
         line = Progress(f"{self.name} {config.target_ratio}: greedy search, candidates scored")
 
@@ -225,7 +229,7 @@ class AimetCompressor(Compressor):
                 if fresh:
                     _write_eval_scores(scores_store, scores_key, fresh)
         finetune = finetune_on_calibration(compressed, ctx, config) if config.finetune_epochs else None
-        compressed = compressed.eval()
+        compressed = compressed.eval().to("cpu")  # the artifact (and the module the engine probes) on the CPU
         artifact = encode_float_model(compressed, reference, fmt="safetensors+structure",
                                       extra_header={"aimet_scheme": SCHEMES[self.name]})
         return CompressedModel(compressed, artifact, artifact.nbytes, metadata={
@@ -243,6 +247,7 @@ def finetune_on_calibration(model: nn.Module, ctx: CompressionContext, config) -
     SGD (momentum 0.9, ``finetune_lr``) with cross-entropy on the calibration list (training split, never the
     test set), shuffled by a seeded generator. Returns what was done and the training loss per epoch."""
     x, y = ctx.calibration.take(None)
+    x, y = x.to(ctx.device), y.to(ctx.device)  # the model is on ctx.device; the shuffle stays a CPU generator
     generator = torch.Generator().manual_seed(ctx.seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.finetune_lr, momentum=0.9)
     losses = []
@@ -251,7 +256,7 @@ def finetune_on_calibration(model: nn.Module, ctx: CompressionContext, config) -
         order = torch.randperm(len(x), generator=generator)
         total = 0.0
         for start in range(0, len(x), config.finetune_batch_size):
-            idx = order[start:start + config.finetune_batch_size]
+            idx = order[start:start + config.finetune_batch_size].to(ctx.device)
             optimizer.zero_grad()
             loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
             loss.backward()

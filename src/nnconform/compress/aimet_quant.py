@@ -232,13 +232,17 @@ class AimetQuantCompressor(Compressor):
                     "batches": batches, "recipe": "reduced" if reduced else "aimet-default"}
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressedModel:
-        """The AIMET model-zoo PTQ recipe on the calibration set, exported by AIMET as QDQ ONNX."""
+        """The AIMET model-zoo PTQ recipe on the calibration set, exported by AIMET as QDQ ONNX.
+
+        BN fold and CLE run on the CPU (cheap, and the same on every device); AdaRound, the QuantSim and its
+        calibration passes on ``ctx.device``; the simulated model goes back to the CPU before AIMET exports it."""
         config = self.config
         api = _import_aimet_quant()
         from ..profile import count_macs
 
         dummy = ctx.dummy_input(1)
         x_cal, _ = ctx.calibration.take(config.calibration_samples)
+        x_dev, dummy_dev = x_cal.to(ctx.device), dummy.to(ctx.device)
         scheme = getattr(api["QuantScheme"], config.quant_scheme)
         cle = None
         ada = config.adaround_recipe(len(ctx.calibration)) if config.adaround else None
@@ -252,11 +256,12 @@ class AimetQuantCompressor(Compressor):
                         api["cle_folded"](prepared, None, folded_pairs, dummy_input=dummy)
                 prepared.eval()
                 macs = count_macs(prepared, ctx.input_shape)
+                prepared.to(ctx.device)  # AIMET takes its dummy input on the model's device
 
                 def calibrate(sim_model, _args=None):
                     with torch.no_grad():
-                        for start in range(0, len(x_cal), config.batch_size):
-                            sim_model(x_cal[start:start + config.batch_size])
+                        for start in range(0, len(x_dev), config.batch_size):
+                            sim_model(x_dev[start:start + config.batch_size])
 
                 adaround = None
                 if ada is not None:
@@ -268,7 +273,7 @@ class AimetQuantCompressor(Compressor):
 
                     def forward(m, batch):
                         line.update()
-                        return m(batch[0])
+                        return m(batch[0].to(ctx.device))
 
                     ada_params = api["AdaroundParameters"](loader, num_batches=ada["batches"],
                                                            default_num_iterations=config.adaround_iterations or None,
@@ -276,14 +281,14 @@ class AimetQuantCompressor(Compressor):
                                                            forward_fn=forward)
                     torch.manual_seed(ctx.seed)
                     try:
-                        prepared = api["Adaround"].apply_adaround(prepared, dummy, ada_params, path=str(folder),
+                        prepared = api["Adaround"].apply_adaround(prepared, dummy_dev, ada_params, path=str(folder),
                                                                   filename_prefix="adaround",
                                                                   default_param_bw=config.param_bw,
                                                                   default_quant_scheme=scheme)
                     finally:
                         line.close()
                     adaround = folder / "adaround.encodings"
-                sim = api["QuantSim"](prepared, dummy_input=dummy, quant_scheme=scheme,
+                sim = api["QuantSim"](prepared, dummy_input=dummy_dev, quant_scheme=scheme,
                                       default_param_bw=config.param_bw, default_output_bw=config.output_bw)
                 if adaround is not None:
                     # the current API for AdaRound's parameter encodings: loaded, frozen, kept by compute_encodings
@@ -292,6 +297,7 @@ class AimetQuantCompressor(Compressor):
                     sim.load_encodings(encodings, strict=True, partial=True, requires_grad=False,
                                        allow_overwrite=False)
                 sim.compute_encodings(calibrate)
+                sim.model.to("cpu")  # exported (and probed by the engine) from the CPU, whatever the device
                 opset = 21 if config.param_bw == 4 or config.output_bw == 16 else 13
                 export_kw = dict(input_names=["input"], output_names=["logits"],
                                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},

@@ -185,6 +185,8 @@ class CompressionContext:
     workdir: Path
     cache_dir: Path | None = None
     seed: int = 0
+    #: where a handler computes (``--nnc-device``): AIMET moves the model and batches here; artifacts come back on CPU
+    device: str = "cpu"
 
     def dummy_input(self, batch: int = 1) -> torch.Tensor:
         """A deterministic input of the anchor's shape (for tracing and export)."""

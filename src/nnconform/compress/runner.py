@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..engine.device import device_key_part
 from ..hashing import class_source_sha256, module_sha256, sha256_bytes
 from ..records import CheckRecord, Status
 from ..store import FORMAT as STORE_FORMAT, ContentStore
@@ -109,14 +110,17 @@ class CompressionCache:
         self.root = Path(root) / "compress" if root else None
         self.entries = ContentStore(self.root, "compression cache") if self.root else None
 
-    def key(self, point: CompressionPoint, model: nn.Module, calibration: CalibrationSet, compressor) -> str:
+    def key(self, point: CompressionPoint, model: nn.Module, calibration: CalibrationSet, compressor,
+            device: str = "cpu") -> str:
         """The entry of one case: the method's config and the sha256 of its class's source file (an edited
         method, built in or a proposal's, is compressed again), the anchor's weights, the calibration set,
-        the engine, store format and tool versions. Claims are the point's: they never change the artifact."""
+        the engine, store format and tool versions, and the device when it is not the CPU (CPU keys stay as they
+        were). Claims are the point's: they never change the artifact."""
         # the store format is in the key: folders of the old layout (no manifest) are misses, not "corrupt"
         spec = {"engine": ENGINE_VERSION, "store": STORE_FORMAT, "config": point.config.to_dict(),
                 "model": module_sha256(model), "calibration": calibration.fingerprint, "torch": torch.__version__,
-                "versions": _tool_versions(), "handler_source": _source_sha256(compressor)}
+                "versions": _tool_versions(), "handler_source": _source_sha256(compressor),
+                **device_key_part(device)}
         return sha256_bytes(json.dumps(spec, sort_keys=True).encode())
 
     def load(self, key: str) -> tuple[CompressedModel, torch.Tensor] | None:
@@ -206,11 +210,12 @@ def _counts(decoded: nn.Module, result: CompressedModel, input_shape) -> tuple[i
 
 
 def run_case(point: CompressionPoint, anchor: AnchorUnderTest, calibration: CalibrationSet, *, evaluate,
-             cache_dir: Path | None = None, use_cache: bool = True) -> CaseOutcome:
+             cache_dir: Path | None = None, use_cache: bool = True, device: str = "cpu") -> CaseOutcome:
     """Compress (or load from cache), decode, check and evaluate one operating point.
 
     ``evaluate(model) -> logits`` evaluates a model on the anchor's dataset (the session's cached
-    evaluator). Never raises for a method's failure: the outcome's records say what went wrong.
+    evaluator). ``device`` is where the handler computes (:attr:`CompressionContext.device`). Never raises for a
+    method's failure: the outcome's records say what went wrong.
     """
     out = CaseOutcome(point)
     subject = point.subject
@@ -223,7 +228,7 @@ def run_case(point: CompressionPoint, anchor: AnchorUnderTest, calibration: Cali
     first_call = len(getattr(getattr(compressor, "sandboxed", None), "calls", ()))  # this case's sandboxed calls
     # a method that reads files the user may change (artifact-only submissions) is never cached
     cache = CompressionCache(cache_dir if use_cache and getattr(compressor, "cacheable", True) else None)
-    key = cache.key(point, anchor.model, calibration, compressor)
+    key = cache.key(point, anchor.model, calibration, compressor, device)
     probe_x = calibration.images[:PROBE_SAMPLES]
     out.details.update(anchor=point.anchor, method=point.method, label=point.label, run_tier=point.run_tier,
                        proposal=point.proposal, claimed_tier=point.claimed_tier, claimed_bytes=point.claimed_bytes,
@@ -235,7 +240,7 @@ def run_case(point: CompressionPoint, anchor: AnchorUnderTest, calibration: Cali
     workdir = Path(tempfile.mkdtemp(prefix="nnconform-compress-"))
     try:
         ctx = CompressionContext(anchor.name, tuple(anchor.input_shape), anchor.num_classes, calibration, workdir,
-                                 cache_dir=Path(cache_dir) if cache_dir else None)
+                                 cache_dir=Path(cache_dir) if cache_dir else None, device=device)
         if cached is not None:
             result, method_probe = cached
             out.details["from_cache"] = True

@@ -89,7 +89,8 @@ class CompressionRuns:
                 return self.session.evaluator.evaluate(model, dataset, anchor.preprocess).outputs
 
             cache = Path(self.session.config.cache_dir) if self.session.config.cache_dir else None
-            self.outcomes[point.id] = run_case(point, aut, calibration, evaluate=evaluate, cache_dir=cache)
+            self.outcomes[point.id] = run_case(point, aut, calibration, evaluate=evaluate, cache_dir=cache,
+                                               device=getattr(self.session.config, "device", None) or "cpu")
         return self.outcomes[point.id]
 
     def check_calibration_list(self, dataset_name: str, load: Callable) -> CheckRecord:
