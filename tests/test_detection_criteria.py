@@ -146,3 +146,23 @@ def test_catalogue_gate_accepts_multi_tensor_and_refuses_non_tensor_values(fpn):
     assert bad.status is Status.FAIL and "non-tensor values" in bad.message, bad.message
     with pytest.raises(ValueError, match="non-tensor values"):
         run_study("toy", g2, _data(), coded={carrying[0].name: [SplitPoint(label="raw", family="raw", codec="raw")]})
+
+
+class _Grid(nn.Module):
+    """A layer with weights, a persistent buffer and a non-persistent anchor-point grid (as TinyFPNDetector)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+        self.register_buffer("scale", torch.ones(2))
+        self.register_buffer("grid", torch.arange(4.0), persistent=False)
+
+
+def test_nan_template_poisons_what_an_artifact_carries_only():
+    """The decode-on-NaN-template gate: weights and persistent buffers (what a state dict carries, so an artifact
+    that forgets one shows NaN) are poisoned; a non-persistent grid the architecture builds is kept."""
+    from nnconform.compress.serialize import poisoned_template
+
+    t = poisoned_template(_Grid())
+    assert torch.isnan(t.lin.weight).all() and torch.isnan(t.lin.bias).all() and torch.isnan(t.scale).all()
+    assert torch.equal(t.grid, torch.arange(4.0))

@@ -196,10 +196,12 @@ def load_full_state(module: nn.Module, state: Mapping[str, torch.Tensor], where:
 
 
 def poisoned_template(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose floating parameters and buffers are all NaN (integers kept)."""
+    """A copy of ``model`` whose floating parameters and buffers are all NaN (integers kept). Non-persistent
+    buffers (a detector's anchor-point grid) are kept: they are built by the architecture, not carried by weights,
+    so no artifact could restore them."""
     template = copy.deepcopy(model).eval()
     with torch.no_grad():
-        for t in list(template.parameters()) + list(template.buffers()):
+        for t in template.state_dict(keep_vars=True).values():
             if t.is_floating_point():
                 t.fill_(float("nan"))
     return template
