@@ -33,7 +33,7 @@ from nnconform.anchors import get_anchor, list_anchors
 from nnconform.split import checks
 from nnconform.split.catalogue import CatalogueEntry, entry
 from nnconform.split.plan import load_plan
-from nnconform.split.runs import SplitRuns, coded_cases, coded_cuts, input_numel, torch_threads
+from nnconform.split.runs import SplitRuns, coded_cases, coded_cuts, first_sample, input_numel, torch_threads
 
 pytestmark = pytest.mark.criterion("split")
 
@@ -203,6 +203,8 @@ def test_split_model_latency(anchor_name, benchmark, split_runs, split_model, sp
     anchor = get_anchor(anchor_name)
     if anchor.task == "classification":
         assert y.shape == (1, anchor.num_classes)
+    elif anchor.task == "detection":  # [1, anchor points, class scores + 4 box coordinates]
+        assert y.ndim == 3 and y.shape[0] == 1 and y.shape[-1] == anchor.num_classes + 4, tuple(y.shape)
     else:  # ASR: [1, frames, vocabulary]
         assert y.shape[0] == 1 and y.shape[-1] == anchor.num_classes, tuple(y.shape)
 
@@ -214,7 +216,7 @@ def test_split_head_latency(anchor_name, split_cut, benchmark, split_runs, split
     benchmark.group = f"split {anchor_name}/{split_cut}"
     with torch.inference_mode():
         y = _timed(benchmark, split_runs, graph.head(split_cut), x)
-    assert tuple(y.shape[1:]) == graph.cut(split_cut).shapes[0]
+    assert tuple(tuple(t.shape) for t in first_sample(y)) == graph.cut(split_cut).shapes
 
 
 def test_split_tail_latency(anchor_name, split_cut, benchmark, split_runs, split_model, split_sample):
@@ -224,7 +226,7 @@ def test_split_tail_latency(anchor_name, split_cut, benchmark, split_runs, split
     benchmark.group = f"split {anchor_name}/{split_cut}"
     with torch.inference_mode():
         mid = graph.head(split_cut)(x)
-        y = _timed(benchmark, split_runs, graph.tail(split_cut), mid)
+        y = _timed(benchmark, split_runs, graph.tail(split_cut), *(mid if isinstance(mid, tuple) else (mid,)))
         assert torch.equal(y, model(x))
 
 
@@ -232,23 +234,23 @@ def test_split_encode_latency(anchor_name, split_case, benchmark, split_runs, sp
     """Encode latency of one image's intermediate tensor with this operating point."""
     _, graph, _ = split_model(anchor_name)
     with torch.inference_mode():
-        feature = graph.head(split_case.cut)(split_sample(anchor_name))[0]
+        sent = first_sample(graph.head(split_case.cut)(split_sample(anchor_name)))
     codec = split_case.point.build()
     benchmark.group = f"split {anchor_name}/{split_case.cut} encode"
-    payload = _timed(benchmark, split_runs, codec.encode, feature)
-    assert isinstance(payload, bytes) and payload == codec.encode(feature)
+    payloads = _timed(benchmark, split_runs, lambda: [codec.encode(t) for t in sent])  # one per crossing tensor
+    assert all(isinstance(p, bytes) for p in payloads) and payloads == [codec.encode(t) for t in sent]
 
 
 def test_split_decode_latency(anchor_name, split_case, benchmark, split_runs, split_model, split_sample):
     """Decode latency of one image's payload with this operating point."""
     _, graph, _ = split_model(anchor_name)
     with torch.inference_mode():
-        feature = graph.head(split_case.cut)(split_sample(anchor_name))[0]
+        sent = first_sample(graph.head(split_case.cut)(split_sample(anchor_name)))
     codec = split_case.point.build()
-    payload = codec.encode(feature)
+    payloads = [codec.encode(t) for t in sent]
     benchmark.group = f"split {anchor_name}/{split_case.cut} decode"
-    decoded = _timed(benchmark, split_runs, codec.decode, payload)
-    assert decoded.shape == feature.shape and decoded.dtype == feature.dtype
+    decoded = _timed(benchmark, split_runs, lambda: [codec.decode(p) for p in payloads])
+    assert [(d.shape, d.dtype) for d in decoded] == [(t.shape, t.dtype) for t in sent]
 
 
 @pytest.mark.parametrize(("anchor_name", "scenario"),
