@@ -40,6 +40,33 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_ma
     return torch.clamp(torch.minimum(rising, falling), min=0.0).to(torch.float32)
 
 
+#: "log-mel": features computed here; "waveform": the raw samples, normalized per utterance (wav2vec2)
+KINDS = ("log-mel", "waveform")
+#: the variance floor of Hugging Face's Wav2Vec2FeatureExtractor (do_normalize): x' = (x - mean) / sqrt(var + 1e-7)
+WAVEFORM_EPS = 1e-7
+
+
+def normalize_waveforms(x: torch.Tensor) -> torch.Tensor:
+    """Float ``[N, L]`` end-padded with zeros -> each row's samples up to its last non-zero one scaled to zero
+    mean and unit (population) variance, ``(x - mean) / sqrt(var + 1e-7)``, the padding after it left at 0:
+    what ``Wav2Vec2FeatureExtractor(do_normalize=True)`` does per utterance before zero-padding a batch.
+
+    The utterance length is read from the padding (the batches carry no lengths): trailing exact-zero
+    samples of the recording itself count as padding, which changes the statistics by those few zeros only.
+    """
+    n, length = x.shape
+    nonzero = x != 0
+    # index of the last non-zero sample + 1 (0 for an all-zero row)
+    lengths = torch.where(nonzero.any(1), length - nonzero.flip(1).to(torch.int8).argmax(1), 0)
+    mask = torch.arange(length)[None, :] < lengths[:, None]
+    count = lengths.clamp(min=1).to(torch.float64)[:, None]
+    xd = x.to(torch.float64) * mask
+    mean = xd.sum(1, keepdim=True) / count
+    var = ((xd - mean) * mask).square().sum(1, keepdim=True) / count
+    out = (xd - mean) / torch.sqrt(var + WAVEFORM_EPS)
+    return (out * mask).to(torch.float32)
+
+
 @dataclass(frozen=True)
 class SpeechPreprocess:
     """How int16 waveforms become model input: log-mel frames, then ``(x - mean) / std``.
@@ -48,6 +75,8 @@ class SpeechPreprocess:
     bands from 20 Hz to 7.6 kHz, power spectrum, ``log(mel + floor)``. ``center=True`` (reflect
     padding), so a waveform of ``L`` samples gives ``L // hop_length + 1`` frames. The output is
     ``[N, 1, n_mels, frames]``: a one-channel "image", so shapes look like the image anchors'.
+    ``kind = "waveform"`` (wav2vec2 anchors) skips the features: ``[N, L]`` samples normalized per
+    utterance (:func:`normalize_waveforms`); the log-mel fields are then unused.
     """
 
     sample_rate: int = 16_000
@@ -64,8 +93,8 @@ class SpeechPreprocess:
     kind: str = "log-mel"
 
     def __post_init__(self) -> None:
-        if self.kind != "log-mel":
-            raise ValueError(f"SpeechPreprocess.kind: only 'log-mel' is defined, got {self.kind!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"SpeechPreprocess.kind: one of {KINDS}, got {self.kind!r}")
         if self.win_length > self.n_fft or self.hop_length <= 0 or self.n_mels <= 0 or self.std <= 0:
             raise ValueError(f"SpeechPreprocess: inconsistent fields {self.to_dict()}")
 
@@ -80,21 +109,29 @@ class SpeechPreprocess:
 
     def describe(self) -> str:
         """One line for the reference pages."""
+        if self.kind == "waveform":
+            return (f"waveform at {self.sample_rate} Hz: raw samples in [-1, 1], each utterance normalized to zero "
+                    f"mean and unit variance over its own samples (var + {WAVEFORM_EPS:g}), padding kept at 0")
         return (f"{self.kind} at {self.sample_rate} Hz: {self.n_mels} mels {self.f_min:g}-{self.f_max:g} Hz, n_fft "
                 f"{self.n_fft}, window {self.win_length}, hop {self.hop_length}, log(mel + {self.log_floor:g}), "
                 f"mean {self.mean:g}, std {self.std:g}")
 
     def frames(self, num_samples: int) -> int:
-        """Frames produced for a waveform of ``num_samples`` samples."""
+        """Frames produced for a waveform of ``num_samples`` samples (the ``waveform`` kind: the samples)."""
+        if self.kind == "waveform":
+            return num_samples
         return num_samples // self.hop_length + 1
 
     def apply(self, waveforms: torch.Tensor) -> torch.Tensor:
-        """int16 (or float in [-1, 1]) ``[N, L]`` -> float32 ``[N, 1, n_mels, L // hop + 1]``."""
+        """int16 (or float in [-1, 1]) ``[N, L]`` -> float32 ``[N, 1, n_mels, L // hop + 1]`` (log-mel) or
+        ``[N, L]`` (waveform: :func:`normalize_waveforms`)."""
         if waveforms.ndim != 2:
             raise ValueError(f"SpeechPreprocess.apply: expected waveforms [N, samples], got {list(waveforms.shape)}")
         x = waveforms.to(torch.float32)
         if waveforms.dtype == torch.int16:
             x = x / 32768.0
+        if self.kind == "waveform":
+            return normalize_waveforms(x)
         window = torch.hann_window(self.win_length, periodic=True, dtype=torch.float32)
         spec = torch.stft(x, n_fft=self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
                           window=window, center=True, pad_mode="reflect", return_complex=True)
