@@ -10,7 +10,9 @@ Weight sources (the ``weights`` field of an anchor or a checkpoint):
 
 * ``zoo/<anchor>/<file>.safetensors``: a path relative to the anchors folder (embedded zoo);
 * ``package:<module>/<path>``: a file shipped inside an installed Python package;
-* ``torchvision:<WeightsEnum>.<MEMBER>``: torchvision's weights API and its ``TORCH_HOME`` cache.
+* ``torchvision:<WeightsEnum>.<MEMBER>``: torchvision's weights API and its ``TORCH_HOME`` cache;
+* ``hf:<repo-name>/model.safetensors``: a Hugging Face checkpoint folder placed by hand under
+  ``NNCONFORM_HF_DIR`` (never downloaded at run time; :mod:`nnconform.speech.hf`).
 
 Every file is checked against its full sha256 before it is loaded, including a file already in
 torchvision's cache (torchvision itself does not re-check a cached file). Pickled ``.pth`` files
@@ -35,7 +37,7 @@ from .data import Preprocess
 from .hashing import sha256_file
 from .paths import anchors_dir, read_toml
 
-FAMILIES = ("zoo", "efficientnet-lite", "torchvision")
+FAMILIES = ("zoo", "efficientnet-lite", "torchvision", "huggingface")
 DATASETS = ("fashion-mnist", "imagenet-1k", "espeak-synth", "librivox-smoke", "librispeech", "fmnist-mosaic")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -141,6 +143,10 @@ class Anchor:
 
     def build(self, checkpoint: str | None = None) -> nn.Module:
         """The anchor model in eval mode with its verified weights (or a checkpoint's)."""
+        if checkpoint is None and self.weights.startswith("hf:"):  # a transformers folder: its own loader
+            from .speech.hf import build_pretrained
+
+            return build_pretrained(self)
         model = self.build_architecture()
         state = self.state_dict(checkpoint)
         try:
@@ -192,6 +198,10 @@ def resolve_weights_path(source: str) -> Path:
     if source.startswith("torchvision:"):
         w = _torchvision_weights(source.removeprefix("torchvision:"))
         return torch_hub_checkpoints_dir() / os.path.basename(w.url)
+    if source.startswith("hf:"):
+        from .speech.hf import hf_weights_path
+
+        return hf_weights_path(source)
     if source.startswith("package:"):
         module, _, rel = source.removeprefix("package:").partition("/")
         spec = importlib.util.find_spec(module)
@@ -267,7 +277,7 @@ def _parse_preprocess(table, key: str):
 
     raw = table.get(key, dict)
     try:
-        if raw.get("kind") == "log-mel":  # speech anchors: log-mel features (nnconform.speech)
+        if raw.get("kind") in ("log-mel", "waveform"):  # speech anchors: log-mel or raw waveform (nnconform.speech)
             from .speech.features import SpeechPreprocess
 
             return SpeechPreprocess.from_dict(raw)
