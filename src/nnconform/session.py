@@ -247,6 +247,11 @@ class ConformanceSession:
         value = self._datasets[key]
         if isinstance(value, Exception):
             raise value
+        if str(anchor.weights).startswith("hf:"):
+            from .speech.hf import anchor_dataset
+
+            # a hub checkpoint is scored with its own vocabulary (the vocab.json beside its weights)
+            return anchor_dataset(anchor, value)
         return value
 
     def reference(self, name: str, checkpoint: str | None = None) -> EvalResult:
