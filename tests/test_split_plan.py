@@ -206,3 +206,34 @@ def test_every_split_check_id_is_registered_with_a_description():
     catalogue_ = kit.catalogue()
     assert len(recorded) >= 14 and recorded <= set(catalogue_), recorded - set(catalogue_)
     assert all(catalogue_[i].criterion == "split" and catalogue_[i].description for i in recorded)
+
+
+def test_an_untraceable_anchor_is_recorded_with_its_reason_and_has_no_cuts(monkeypatch):
+    """An architecture torch.fx cannot trace (a hub wav2vec2 checkpoint) gets a catalogue entry saying why, so the
+    split criterion collects no coded cases for it instead of stopping collection; the reason round-trips through
+    the file, and a traceable architecture's fresh trace differs from such an entry."""
+    import tomllib
+
+    import torch
+
+    from nnconform.split import cuts
+
+    class Branchy(torch.nn.Module):
+        def forward(self, x):
+            return x * 2 if x.sum() > 0 else x  # data-dependent control flow
+
+    class FakeAnchor:
+        input_shape = (1, 4)
+
+        def build_architecture(self):
+            return Branchy()
+
+    monkeypatch.setattr("nnconform.anchors.get_anchor", lambda name: FakeAnchor())
+    entry = catalogue.trace_entry("branchy")
+    assert entry.single == () and entry.multi == ()
+    assert "torch.fx cannot trace it" in entry.untraceable
+    parsed = parse_catalogue(tomllib.loads(format_catalogue([entry])), "c.toml")["branchy"]
+    assert parsed == entry
+    traced = CatalogueEntry.from_graph("branchy", cuts.SplitGraph.trace(torch.nn.Sequential(torch.nn.Linear(4, 4)),
+                                                                         (4,)))
+    assert any("traceable" in d for d in entry.differences(traced))

@@ -10,6 +10,7 @@ anchor and compares (:func:`nnconform.split.checks.check_catalogue_current`): a 
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -31,6 +32,8 @@ class CatalogueEntry:
     input_shape: tuple[int, ...]
     single: tuple[tuple[str, tuple[int, ...]], ...]
     multi: tuple[str, ...] = ()
+    #: why torch.fx cannot trace the architecture ("" when it can): such an anchor has no cuts to code
+    untraceable: str = ""
 
     @property
     def single_names(self) -> tuple[str, ...]:
@@ -65,6 +68,8 @@ class CatalogueEntry:
             out.append(f"shapes changed: {reshaped[:3]}")
         if not (gone or new) and self.single_names != other.single_names:
             out.append("single cuts are in another order")
+        if bool(self.untraceable) != bool(other.untraceable):
+            out.append(f"traceable {not self.untraceable} committed, {not other.untraceable} now")
         if set(self.multi) != set(other.multi):
             out.append(f"multi-tensor cuts differ ({len(self.multi)} committed, {len(other.multi)} traced)")
         return out
@@ -91,7 +96,7 @@ def parse_catalogue(data: object, where: str) -> dict[str, CatalogueEntry]:
             single.append((cut.str("name"), tuple(cut.list("shape", int))))
             cut.done()
         out[name] = CatalogueEntry(name, tuple(t.list("input_shape", int)), tuple(single),
-                                   tuple(t.list("multi", str, [])))
+                                   tuple(t.list("multi", str, [])), t.get("untraceable", str, ""))
         t.done()
     root.done()
     return out
@@ -126,10 +131,15 @@ def trace_entry(anchor_name: str) -> CatalogueEntry:
     from ..anchors import get_anchor
     from .cuts import SplitGraph
 
+    from .cuts import SplitTraceError
+
     anchor = get_anchor(anchor_name)
     torch.manual_seed(0)
-    return CatalogueEntry.from_graph(anchor_name, SplitGraph.trace(anchor.build_architecture().eval(),
-                                                                   anchor.input_shape))
+    try:
+        graph = SplitGraph.trace(anchor.build_architecture().eval(), anchor.input_shape)
+    except SplitTraceError as exc:  # recorded, so the file says why the anchor has no split cases
+        return CatalogueEntry(anchor_name, tuple(anchor.input_shape), (), (), untraceable=str(exc))
+    return CatalogueEntry.from_graph(anchor_name, graph)
 
 
 def _toml_list(values: Iterable) -> str:
@@ -143,7 +153,10 @@ def format_catalogue(entries: Iterable[CatalogueEntry]) -> str:
              "# fresh trace by the split.catalogue_current case (a stale file fails it). Do not edit by hand.",
              f"version = {CATALOGUE_VERSION}", ""]
     for e in entries:
-        lines += [f'[catalogue."{e.anchor}"]', f"input_shape = {_toml_list(e.input_shape)}", "single = ["]
+        lines += [f'[catalogue."{e.anchor}"]', f"input_shape = {_toml_list(e.input_shape)}"]
+        if e.untraceable:
+            lines.append(f"untraceable = {json.dumps(e.untraceable)}")
+        lines.append("single = [")
         lines += [f'    {{ name = "{name}", shape = {_toml_list(shape)} }},' for name, shape in e.single]
         lines += ["]", f"multi = {_toml_list(e.multi)}", ""]
     return "\n".join(lines)
