@@ -38,6 +38,10 @@ def python_environment() -> list[Path]:
     import nnconform
 
     trees = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), Path(nnconform.__file__).resolve().parent}
+    # site-packages folders a .pth file or PYTHONPATH adds (a venv reusing another environment's packages); only
+    # package folders, never a working directory sys.path may also hold
+    trees.update(Path(p).resolve() for p in sys.path
+                 if p and Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir())
     # the interpreter binary may sit outside both prefixes (a venv's python linking elsewhere)
     trees.add(Path(sys.executable).resolve().parent)
     return sorted(trees)

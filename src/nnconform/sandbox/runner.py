@@ -210,7 +210,12 @@ def sandbox_command(mode: str, dirs: Mapping[str, Path], inside: Mapping[str, Pa
     readonly = {p: p for p in bwrap.python_environment()}
     readonly.update({dirs[k]: inside[k] for k in ("in", "ctl", "proposal")})
     readonly.update({host: inside["in"] / file for host, file in (bound or {}).items()})
-    writable = {dirs["out"]: inside["out"], dirs["scratch"]: inside["scratch"], dirs["scratch"] / "tmp": Path("/tmp")}
+    writable = {dirs["out"]: inside["out"], dirs["scratch"]: inside["scratch"]}
+    tmp = Path("/tmp")
+    if not any(view == tmp or tmp in view.parents for view in readonly.values()):
+        # a writable /tmp bound after the read-only trees would hide a Python environment living under /tmp (a
+        # venv made in a temporary folder); there the calls keep TMPDIR (scratch/tmp) and /tmp stays read-only
+        writable[dirs["scratch"] / "tmp"] = tmp
     cmd = bwrap.bwrap_command(readonly=readonly, writable=writable, hidden=bwrap.hidden_paths(hidden), env=env,
                               argv=argv, chdir=inside["scratch"], shm=dirs["shm"], as_pid_1=as_pid_1)
     return cmd, {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
