@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from .data import DatasetLoadError, DatasetUnavailable, ImageDataset, Preprocess
+from .hashing import sha256_file
 from .store import ContentStore
 
 #: the documented ImageNet-1k validation set: what published top-1 figures are measured on
@@ -133,14 +134,6 @@ def _fingerprint(names: Sequence[str], digests: Sequence[str], labels: Sequence[
     return h.hexdigest()
 
 
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def index_folder(root: Path, cache_dir: Path | None) -> SourceIndex:
     """List an imagefolder (see the module doc), label it through the class list and fingerprint it.
 
@@ -174,7 +167,7 @@ def index_folder(root: Path, cache_dir: Path | None) -> SourceIndex:
     digests = json.loads(entry.files["digests.json"]) if entry else None
     if not isinstance(digests, list) or len(digests) != len(paths):
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # hashlib releases the GIL
-            digests = list(pool.map(_sha256_file, paths, chunksize=64))
+            digests = list(pool.map(sha256_file, paths, chunksize=64))
         if store:
             store.put(identity, {"digests.json": json.dumps(digests).encode()}, {"folder": str(folder)})
     return SourceIndex(str(folder), "folder", tuple(paths), tuple(labels), tuple(digests),

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable
 
+from ..hashing import sha256_file
+
 #: Folders left out of the tree pin (the interpreter's bytecode cache; never read in the sandbox).
 SKIPPED_DIRS = ("__pycache__",)
 #: Top-level files left out by default: the manifest holds the pin, so it cannot be under it (it has its
@@ -100,14 +102,6 @@ def confine(root: str | Path, rel: str, *, where: str = "") -> Path:
     return base.joinpath(*resolved)
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def tree_entries(folder: str | Path, *, exclude: Iterable[str] = (MANIFEST_NAME,)) -> list[TreeEntry]:
     """Every file and link of ``folder`` (``__pycache__`` and the top-level ``exclude`` left out), sorted by path.
 
@@ -140,7 +134,7 @@ def tree_entries(folder: str | Path, *, exclude: Iterable[str] = (MANIFEST_NAME,
                 entries.append(TreeEntry(rel, "link", "120000", hashlib.sha256(target).hexdigest(), len(target)))
             elif stat.S_ISREG(st.st_mode):
                 mode = "100755" if st.st_mode & 0o111 else "100644"
-                entries.append(TreeEntry(rel, "file", mode, _sha256_file(path), st.st_size))
+                entries.append(TreeEntry(rel, "file", mode, sha256_file(path), st.st_size))
             else:
                 raise TreeError(f"{folder}: {rel}: not a regular file, folder or link (a FIFO, device or socket)")
         dirnames[:] = [d for d in dirnames if not (here / d).is_symlink()]
