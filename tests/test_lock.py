@@ -76,3 +76,19 @@ def test_every_declared_dependency_is_locked():
 def test_this_environment_matches_the_lock():
     """The proof of the set-up: every installed version is the locked one (`make setup` after `make lock`)."""
     assert [d.message for d in lock_drift(LOCK)] == []
+
+
+def test_a_package_s_vendored_copies_are_not_installed_distributions(tmp_path, monkeypatch):
+    """ray puts ``site-packages/ray/thirdparty_files`` (colorama, psutil) on sys.path when imported: once a test has
+    imported ray, colorama looked installed and unlocked (a CI failure). Only what is installed counts."""
+    vendored = tmp_path / "site-packages" / "somepkg" / "thirdparty_files"
+    (vendored / "colorfake-0.4.6.dist-info").mkdir(parents=True)
+    (vendored / "colorfake-0.4.6.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: colorfake\nVersion: 0.4.6\n")
+    loose = tmp_path / "elsewhere"
+    (loose / "loosefake-1.0.dist-info").mkdir(parents=True)
+    (loose / "loosefake-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: loosefake\nVersion: 1.0\n")
+    monkeypatch.syspath_prepend(str(vendored))
+    monkeypatch.syspath_prepend(str(loose))
+    have = installed_versions()
+    assert "colorfake" not in have
+    assert have["loosefake"] == "1.0"  # a folder put on the path some other way still counts (the check can fail)

@@ -11,6 +11,7 @@ import os
 import platform
 import re
 import subprocess
+import sys
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -79,10 +80,22 @@ def read_lock(path: str | Path) -> dict[str, str]:
     return pins
 
 
+def _vendored(entry: str) -> bool:
+    """A ``sys.path`` entry inside a site-packages folder: a package's own vendored copies (ray puts
+    ``ray/thirdparty_files`` on the path once imported), part of that package rather than installed."""
+    parts = Path(entry).parts
+    return any(part in ("site-packages", "dist-packages") for part in parts[:-1])
+
+
 def installed_versions() -> dict[str, str]:
-    """``{normalized name: version}`` of every distribution importable in this interpreter."""
+    """``{normalized name: version}`` of every distribution installed in this interpreter's environment.
+
+    Copies a package vendors inside its own folder are left out (:func:`_vendored`): they come and go
+    with imports and pip did not install them.
+    """
     out: dict[str, str] = {}
-    for dist in metadata.distributions():
+    path = [entry for entry in sys.path if not _vendored(entry or ".")]
+    for dist in metadata.distributions(path=path):
         name = dist.metadata.get("Name")
         if name:
             # the first one on sys.path wins, as it does for imports
