@@ -84,6 +84,55 @@ class FeatureCodec:
         """Many payloads' tensors, in the order given (one call for a batch, like :meth:`encode_many`)."""
         return [self.decode(p) for p in payloads]
 
+    # ---- joint coding of a multi-tensor cut (see the "Joint payloads" section below) ---------
+
+    def encode_joint(self, tensors) -> bytes:
+        """All tensors one sample hands over at a multi-tensor cut, in the cut's order -> ONE payload."""
+        return self.encode_joint_many([tensors])[0]
+
+    def decode_joint(self, payload: bytes) -> tuple[torch.Tensor, ...]:
+        """A payload from :meth:`encode_joint` -> the tensors, in order, with their shapes."""
+        return self.decode_joint_many([payload])[0]
+
+    def encode_joint_many(self, samples) -> list[bytes]:
+        """Many samples' joint payloads: the container header (:func:`joint_header`) then a body.
+
+        The default body is the codec's own payload (one :meth:`encode_many` call for the batch) of the sample's
+        tensors flattened and concatenated (:func:`flatten_joint`), so every codec, a proposal's included, codes a
+        cut jointly with its per-tensor API; a codec overrides :meth:`_joint_encode_body` to keep structure (a
+        range per channel, a frame of tiles)."""
+        samples = [tuple(s) for s in samples]
+        label = self.name or type(self).__name__
+        arrays = [[as_finite_array(t, label) for t in s] for s in samples]
+        heads = [joint_header([a.shape for a in arrs]) for arrs in arrays]
+        if type(self)._joint_encode_body is FeatureCodec._joint_encode_body:
+            bodies = self.encode_many([flatten_joint(s) for s in samples])
+        else:
+            bodies = [self._joint_encode_body(arrs) for arrs in arrays]
+        return [h + b if isinstance(b, bytes) else b for h, b in zip(heads, bodies)]
+
+    def decode_joint_many(self, payloads) -> list[tuple[torch.Tensor, ...]]:
+        """Many joint payloads' tensors, in the order given; :class:`PayloadError` when a header is damaged or the
+        body does not hold the elements the header's shapes imply."""
+        label = self.name or type(self).__name__
+        parsed = []
+        for p in payloads:
+            r = _Reader(p, label)
+            parsed.append((read_joint_header(r), r.rest()))
+        if type(self)._joint_decode_body is FeatureCodec._joint_decode_body:
+            flats = self.decode_many([body for _, body in parsed])
+            return [split_joint(flat, shapes, label) for (shapes, _), flat in zip(parsed, flats)]
+        return [split_joint(torch.from_numpy(self._joint_decode_body(body, shapes)), shapes, label)
+                for shapes, body in parsed]
+
+    def _joint_encode_body(self, arrays: list[np.ndarray]) -> bytes:
+        """The body of one joint payload from the sample's float32 arrays (default: see :meth:`encode_joint_many`)."""
+        raise NotImplementedError
+
+    def _joint_decode_body(self, body: bytes, shapes: list[tuple[int, ...]]) -> np.ndarray:
+        """The flattened, concatenated float32 values of one joint body (the inverse of :meth:`_joint_encode_body`)."""
+        raise NotImplementedError
+
 
 def make_codec(name: str, params: dict[str, Any] | None = None) -> FeatureCodec:
     """A registered feature codec built from an operating point's parameters (``kit.make``)."""
@@ -183,6 +232,74 @@ def _read_header(r: _Reader, tag: int) -> tuple[int, ...]:
     if math.prod(shape) > 1 << 31:
         raise PayloadError(f"{r.codec}: header shape {list(shape)} is implausibly large")
     return shape
+
+
+# ---------------------------------------------------------------------------------------------
+# Joint payloads: every tensor of a multi-tensor cut (FPN levels P3..P5, a residual block's two
+# branches) in ONE payload. Layout, the same for every codec:
+#
+#   0xB0 | count (varint) | per tensor, in the cut's order: ndim (1 byte), dims (varints) | body
+#
+# The tensors are taken in the order the cut lists them (the order the tail receives them), each
+# flattened in C (row-major) order, and concatenated: that vector is what the body codes. The
+# default body is the codec's own payload of the vector; a codec may keep more structure (the
+# uniform codec's per-channel ranges, the image codec's one frame of tiles). The header counts
+# towards the rate, like every other header.
+
+#: First byte of every joint payload.
+JOINT_TAG = 0xB0
+#: Most tensors one joint payload may hold.
+JOINT_MAX_TENSORS = 64
+
+
+def joint_header(shapes) -> bytes:
+    """The container header of a joint payload for tensors of ``shapes`` (see the section comment)."""
+    shapes = [tuple(int(d) for d in s) for s in shapes]
+    if not 1 <= len(shapes) <= JOINT_MAX_TENSORS:
+        raise CodecInputError(f"joint coding takes 1..{JOINT_MAX_TENSORS} tensors, got {len(shapes)}")
+    return bytes([JOINT_TAG]) + _varint(len(shapes)) + b"".join(bytes([len(s)]) + b"".join(_varint(d) for d in s)
+                                                             for s in shapes)
+
+
+def read_joint_header(r: "_Reader") -> list[tuple[int, ...]]:
+    """The tensor shapes of a joint payload's header; :class:`PayloadError` naming what is wrong."""
+    (tag,) = r.take(1)
+    if tag != JOINT_TAG:
+        raise PayloadError(f"{r.codec}: joint payload starts with tag 0x{tag:02x}, expected 0x{JOINT_TAG:02x} "
+                           "(not a joint payload)")
+    count = r.varint()
+    if not 1 <= count <= JOINT_MAX_TENSORS:
+        raise PayloadError(f"{r.codec}: joint header counts {count} tensors (1..{JOINT_MAX_TENSORS} allowed)")
+    shapes = []
+    for _ in range(count):
+        (ndim,) = r.take(1)
+        shapes.append(tuple(r.varint() for _ in range(ndim)))
+    if sum(math.prod(s) for s in shapes) > 1 << 31:
+        raise PayloadError(f"{r.codec}: joint header shapes {[list(s) for s in shapes]} are implausibly large")
+    return shapes
+
+
+def flatten_joint(tensors) -> torch.Tensor:
+    """The tensors flattened in C order and concatenated, in the order given (float32, 1-D)."""
+    return torch.cat([t.detach().reshape(-1).to(torch.float32) for t in tensors])
+
+
+def split_joint(flat, shapes, codec: str) -> tuple[torch.Tensor, ...]:
+    """The inverse of :func:`flatten_joint`; :class:`PayloadError` when ``flat`` does not hold exactly the elements
+    the header's ``shapes`` imply."""
+    want = sum(math.prod(s) for s in shapes)
+    if not isinstance(flat, torch.Tensor):
+        raise PayloadError(f"{codec}: joint body decoded to {type(flat).__name__}, expected a tensor")
+    if flat.numel() != want:
+        raise PayloadError(f"{codec}: joint header shapes {[list(s) for s in shapes]} hold {want} elements, "
+                           f"the body decodes to {flat.numel()} (damaged header or body)")
+    out, at = [], 0
+    flat = flat.reshape(-1)
+    for s in shapes:
+        n = math.prod(s)
+        out.append(flat[at:at + n].reshape(s))
+        at += n
+    return tuple(out)
 
 
 def _zstd_compress(data: bytes, level: int) -> bytes:
@@ -342,6 +459,10 @@ class UniformQuantCodec(FeatureCodec):
         rows = _channels(arr, self.config.granularity)
         lo, hi = rows.min(axis=1), rows.max(axis=1)
         q = _quantize(rows, lo, hi, self.config.bits)
+        return _header(self.tag, arr.shape) + self._levels_body(q, lo, hi)
+
+    def _levels_body(self, q: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> bytes:
+        """Packing flag, the (lo, hi) range of each row, then the zstd stream of the levels."""
         if self.config.bits <= 8:
             plain = _zstd_compress(q.astype(np.uint8).tobytes(), self.config.zstd_level)
             packed = _zstd_compress(_pack_bits(q, self.config.bits), self.config.zstd_level)
@@ -349,14 +470,11 @@ class UniformQuantCodec(FeatureCodec):
         else:
             flag, body = 2, _zstd_compress(q.astype("<u2").tobytes(), self.config.zstd_level)
         ranges = np.stack([lo, hi], axis=1).astype("<f4").tobytes()
-        return _header(self.tag, arr.shape) + bytes([flag]) + ranges + body
+        return bytes([flag]) + ranges + body
 
-    def decode(self, payload: bytes) -> torch.Tensor:
-        r = _Reader(payload, self.name)
-        shape = _read_header(r, self.tag)
+    def _read_levels(self, r: _Reader, rows: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(levels, lo, hi)`` of a body written by :meth:`_levels_body` with ``rows`` ranges and ``n`` levels."""
         (flag,) = r.take(1)
-        n = math.prod(shape)
-        rows = shape[0] if self.config.granularity == "per-channel" and len(shape) >= 2 else 1
         ranges = np.frombuffer(r.take(8 * rows), dtype="<f4").astype(np.float32).reshape(rows, 2)
         lo, hi = ranges[:, 0], ranges[:, 1]
         for a, b in ranges:
@@ -372,6 +490,39 @@ class UniformQuantCodec(FeatureCodec):
             raise PayloadError(f"{self.name}: packing flag {flag} is invalid for {self.config.bits}-bit levels")
         if q.size and int(q.max()) > (1 << self.config.bits) - 1:
             raise PayloadError(f"{self.name}: level {int(q.max())} exceeds {self.config.bits} bits")
+        return q, lo, hi
+
+    def _joint_rows(self, shapes) -> list[int]:
+        """Lengths of the rows quantised with one range each, over the concatenated tensors: one row in all
+        (``per-tensor``: ONE range shared by every tensor of the cut), or every channel of every tensor."""
+        if self.config.granularity == "per-tensor":
+            return [sum(math.prod(s) for s in shapes)]
+        return [n for s in shapes
+                for n in ([math.prod(s[1:])] * s[0] if len(s) >= 2 else [math.prod(s)])]
+
+    def _joint_encode_body(self, arrays: list[np.ndarray]) -> bytes:
+        """One zstd stream of the levels of every tensor, in order; a range per row of :meth:`_joint_rows`."""
+        flat = np.concatenate([a.reshape(-1) for a in arrays])
+        lengths = self._joint_rows([a.shape for a in arrays])
+        starts = np.cumsum([0] + lengths[:-1])
+        lo, hi = np.minimum.reduceat(flat, starts), np.maximum.reduceat(flat, starts)
+        q = _quantize(flat[:, None], np.repeat(lo, lengths), np.repeat(hi, lengths), self.config.bits)
+        return self._levels_body(q.reshape(-1), lo, hi)
+
+    def _joint_decode_body(self, body: bytes, shapes) -> np.ndarray:
+        lengths = self._joint_rows(shapes)
+        n = sum(lengths)
+        q, lo, hi = self._read_levels(_Reader(body, self.name), len(lengths), n)
+        if q.size != n:
+            raise PayloadError(f"{self.name}: joint body holds {q.size} levels, header shapes imply {n}")
+        return _dequantize(q.reshape(-1, 1), np.repeat(lo, lengths), np.repeat(hi, lengths), self.config.bits).reshape(-1)
+
+    def decode(self, payload: bytes) -> torch.Tensor:
+        r = _Reader(payload, self.name)
+        shape = _read_header(r, self.tag)
+        n = math.prod(shape)
+        rows = shape[0] if self.config.granularity == "per-channel" and len(shape) >= 2 else 1
+        q, lo, hi = self._read_levels(r, rows, n)
         out = _dequantize(q.reshape(rows, -1), lo, hi, self.config.bits)
         return torch.from_numpy(out.reshape(shape))
 
@@ -490,13 +641,53 @@ class TiledImageCodec(FeatureCodec):
     tag = 0xA5
 
     def encode(self, tensor: torch.Tensor) -> bytes:
-        from PIL import Image
-
         arr = as_finite_array(tensor, self.name)
         flat = arr.reshape(1, -1)
         lo, hi = flat.min(axis=1), flat.max(axis=1)
         q = _quantize(flat, lo, hi, self.config.bits)
-        tiles = _to_tiles(q, arr.shape)
+        frame = self._frame_bytes(_to_tiles(q, arr.shape))
+        return _header(self.tag, arr.shape) + np.array([lo[0], hi[0]], dtype="<f4").tobytes() + _varint(len(frame)) + frame
+
+    def _joint_encode_body(self, arrays: list[np.ndarray]) -> bytes:
+        """ONE frame for the whole cut: one range over every tensor, each tensor's channels tiled as
+        :meth:`encode` tiles them, the tiles of the tensors stacked top to bottom in the cut's order (left-aligned,
+        zero-padded to the widest), then the frame coded once."""
+        flat = np.concatenate([a.reshape(-1) for a in arrays])[None, :]
+        lo, hi = flat.min(axis=1), flat.max(axis=1)
+        q = _quantize(flat, lo, hi, self.config.bits).reshape(-1)
+        blocks, at = [], 0
+        for a in arrays:
+            blocks.append(_to_tiles(q[at:at + a.size], a.shape))
+            at += a.size
+        width = max(b.shape[1] for b in blocks)
+        frame = np.concatenate([np.pad(b, ((0, 0), (0, width - b.shape[1]))) for b in blocks], axis=0)
+        data = self._frame_bytes(frame)
+        return np.array([lo[0], hi[0]], dtype="<f4").tobytes() + _varint(len(data)) + data
+
+    def _joint_decode_body(self, body: bytes, shapes) -> np.ndarray:
+        r = _Reader(body, self.name)
+        lo, hi = np.frombuffer(r.take(8), dtype="<f4").astype(np.float32)
+        _check_finite_range(float(lo), float(hi), self.name)
+        sizes = []
+        for s in shapes:
+            c, h, w, cols = tile_layout(s)
+            sizes.append((-(-c // cols) * h, cols * w))
+        expected = (max(w for _, w in sizes), sum(h for h, _ in sizes))
+        data = r.take(r.varint())
+        if r.rest():
+            raise PayloadError(f"{self.name}: trailing bytes after the joint {self.config.format} frame")
+        img = self._frame_array(data, expected)
+        parts, top = [], 0
+        for s, (h, w) in zip(shapes, sizes):
+            parts.append(_from_tiles(img[top:top + h, :w], s))
+            top += h
+        q = np.concatenate(parts)
+        return _dequantize(q.reshape(1, -1), np.array([lo]), np.array([hi]), self.config.bits).reshape(-1)
+
+    def _frame_bytes(self, tiles: np.ndarray) -> bytes:
+        """A grey frame of levels coded in the configured format."""
+        from PIL import Image
+
         buf = io.BytesIO()
         if self.config.bits == 16:
             Image.fromarray(tiles.astype(np.uint16)).save(buf, format="PNG")
@@ -508,12 +699,9 @@ class TiledImageCodec(FeatureCodec):
                 im.save(buf, format="WEBP", quality=self.config.quality, method=4)
             else:
                 im.save(buf, format="JPEG", quality=self.config.quality, optimize=True)
-        frame = buf.getvalue()
-        return _header(self.tag, arr.shape) + np.array([lo[0], hi[0]], dtype="<f4").tobytes() + _varint(len(frame)) + frame
+        return buf.getvalue()
 
     def decode(self, payload: bytes) -> torch.Tensor:
-        from PIL import Image, UnidentifiedImageError
-
         r = _Reader(payload, self.name)
         shape = _read_header(r, self.tag)
         lo, hi = np.frombuffer(r.take(8), dtype="<f4").astype(np.float32)
@@ -523,6 +711,15 @@ class TiledImageCodec(FeatureCodec):
         frame = r.take(r.varint())
         if r.rest():
             raise PayloadError(f"{self.name}: trailing bytes after the {self.config.format} frame")
+        img = self._frame_array(frame, expected)
+        q = _from_tiles(img, shape)
+        out = _dequantize(q.reshape(1, -1), np.array([lo]), np.array([hi]), self.config.bits)
+        return torch.from_numpy(out.reshape(shape))
+
+    def _frame_array(self, frame: bytes, expected: tuple[int, int]) -> np.ndarray:
+        """The levels of a coded frame of ``expected`` (width, height); PayloadError otherwise."""
+        from PIL import Image, UnidentifiedImageError
+
         try:
             with Image.open(io.BytesIO(frame)) as im:
                 im.load()
@@ -535,9 +732,7 @@ class TiledImageCodec(FeatureCodec):
                     img = np.asarray(im.convert("L"), dtype=np.uint8)
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise PayloadError(f"{self.name}: the {self.config.format} frame cannot be decoded ({exc})") from None
-        q = _from_tiles(img, shape)
-        out = _dequantize(q.reshape(1, -1), np.array([lo]), np.array([hi]), self.config.bits)
-        return torch.from_numpy(out.reshape(shape))
+        return img
 
 
 # ---------------------------------------------------------------------------------------------
