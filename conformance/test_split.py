@@ -30,7 +30,7 @@ import torch
 
 from nnconform import kit, proposal
 from nnconform.anchors import get_anchor, list_anchors
-from nnconform.split import checks
+from nnconform.split import checks, joint, node_table
 from nnconform.split.catalogue import CatalogueEntry, entry
 from nnconform.split.plan import load_plan
 from nnconform.split.runs import SplitRuns, coded_cases, coded_cuts, first_sample, input_numel, torch_threads
@@ -56,6 +56,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         params = [pytest.param(a, cut, id=f"{a}-{cut}", marks=_marks(cut_tier))
                   for a in ANCHORS for cut, cut_tier in coded_cuts(PLAN, a, run_tier).items()]
         metafunc.parametrize(("anchor_name", "split_cut"), params)
+    elif "split_multi_cut" in names:  # coded cuts that hand over several tensors: coded per tensor and jointly
+        params = [pytest.param(a, cut, id=f"{a}-{cut}", marks=_marks(cut_tier))
+                  for a in ANCHORS for cut, cut_tier in coded_cuts(PLAN, a, run_tier).items() if cut in _multi(a)]
+        metafunc.parametrize(("anchor_name", "split_multi_cut"), params)
+
+
+def _multi(anchor_name: str) -> tuple[str, ...]:
+    """The anchor's multi-tensor cuts in the committed catalogue (none for an anchor it does not list)."""
+    try:
+        return entry(anchor_name).multi
+    except kit.PlanError:
+        return ()
 
 
 @pytest.fixture(autouse=True)
@@ -169,6 +181,26 @@ def test_split_bd_rate(anchor_name, split_cut, split_study, nnc_record):
     study = split_study(anchor_name)
     records = [nnc_record(r) for r in checks.bd_rate_records(anchor_name, split_cut, study, PLAN.anchor_family)]
     assert records[-1].passed, records[-1].message
+
+
+def test_split_joint_coding(anchor_name, split_multi_cut, split_study, nnc_record):
+    """A multi-tensor cut coded jointly (one payload per input) against per tensor: bits, the task's metric and the
+    BD-rate per codec family (see :func:`nnconform.split.joint.joint_records`)."""
+    study = split_study(anchor_name)
+    records = [nnc_record(r) for r in joint.joint_records(anchor_name, split_multi_cut, study)]
+    assert records[-1].passed, records[-1].message
+
+
+@pytest.mark.parametrize("anchor_name", ANCHORS)
+def test_split_node_table(anchor_name, split_model, split_runs, nnc_record):
+    """TR 26.847 node table (branches, tensor shapes, bytes per input at every cut) and the input-size scaling
+    table of the coded cuts, checked against the real tensors (no weights or data needed)."""
+    _, graph, trained = split_model(anchor_name)
+    anchor = get_anchor(anchor_name)
+    sizes = PLAN.resolutions.get(anchor.dataset, (anchor.input_shape[-1],))
+    coded = list(coded_cuts(PLAN, anchor_name, split_runs.run_tier))
+    rec = nnc_record(node_table.check_node_table(anchor_name, graph, sizes, coded, trained=trained))
+    assert rec.passed, rec.message
 
 
 # ---------------------------------------------------------------------------------------------

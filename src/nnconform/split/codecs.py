@@ -651,7 +651,8 @@ class TiledImageCodec(FeatureCodec):
     def _joint_encode_body(self, arrays: list[np.ndarray]) -> bytes:
         """ONE frame for the whole cut: one range over every tensor, each tensor's channels tiled as
         :meth:`encode` tiles them, the tiles of the tensors stacked top to bottom in the cut's order (left-aligned,
-        zero-padded to the widest), then the frame coded once."""
+        zero-padded to the widest), then the frame coded once. The body states its element count: tiles padded
+        into a grid can fit a damaged header's shapes as well, and the count tells them apart."""
         flat = np.concatenate([a.reshape(-1) for a in arrays])[None, :]
         lo, hi = flat.min(axis=1), flat.max(axis=1)
         q = _quantize(flat, lo, hi, self.config.bits).reshape(-1)
@@ -662,12 +663,16 @@ class TiledImageCodec(FeatureCodec):
         width = max(b.shape[1] for b in blocks)
         frame = np.concatenate([np.pad(b, ((0, 0), (0, width - b.shape[1]))) for b in blocks], axis=0)
         data = self._frame_bytes(frame)
-        return np.array([lo[0], hi[0]], dtype="<f4").tobytes() + _varint(len(data)) + data
+        return (np.array([lo[0], hi[0]], dtype="<f4").tobytes() + _varint(flat.size) + _varint(len(data)) + data)
 
     def _joint_decode_body(self, body: bytes, shapes) -> np.ndarray:
         r = _Reader(body, self.name)
         lo, hi = np.frombuffer(r.take(8), dtype="<f4").astype(np.float32)
         _check_finite_range(float(lo), float(hi), self.name)
+        count, want = r.varint(), sum(math.prod(s) for s in shapes)
+        if count != want:
+            raise PayloadError(f"{self.name}: joint header shapes {[list(s) for s in shapes]} hold {want} elements, "
+                               f"the body holds {count} (damaged header or body)")
         sizes = []
         for s in shapes:
             c, h, w, cols = tile_layout(s)

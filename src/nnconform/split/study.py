@@ -3,7 +3,10 @@ every documented cut and every (cut, codec operating point) pair, whose decoded 
 run through the cut's tail.
 
 Each sample is coded on its own, as a device would send it: bits per sample are the lengths of
-real payloads that were decoded back and evaluated. A codec that breaks the protocol (wrong
+real payloads that were decoded back and evaluated. A cut crossing several tensors (FPN levels, a residual
+block's two branches) is coded twice per operating point: per tensor (a payload per tensor, the sample's bits
+summed) and jointly (every tensor of the sample in ONE payload, :meth:`FeatureCodec.encode_joint`); the joint
+results are kept apart (:attr:`SplitStudy.joint`), so every per-tensor figure is what it was. A codec that breaks the protocol (wrong
 shape or dtype, NaN, non-deterministic bytes, an undecodable payload, an exception) stops only
 its own (cut, point) pair; the error and its traceback are kept for that case's record.
 """
@@ -33,6 +36,7 @@ class CodedResult:
     cut: str
     point: OperatingPoint
     payload_bytes: list[int] = field(default_factory=list)
+    mode: str = "per-tensor"  # "joint": one payload per sample for every tensor of a multi-tensor cut
     logits: torch.Tensor | None = None  # the coded split model's outputs (logits for a classifier)
     correct: np.ndarray | None = None  # classification only
     scores: SampleScores | None = None  # the task's per-sample scores: what the gates compare
@@ -82,7 +86,7 @@ class CodedResult:
 
     def to_dict(self) -> dict:
         """Plain dict for records."""
-        return {"cut": self.cut, "point": self.point.id, "family": self.point.family, "n": self.n,
+        return {"cut": self.cut, "point": self.point.id, "family": self.point.family, "mode": self.mode, "n": self.n,
                 "bits_per_sample": self.bits_per_sample, "bytes_per_sample": self.bytes_per_sample,
                 "payload_bytes_min": int(min(self.payload_bytes)) if self.payload_bytes else None,
                 "payload_bytes_max": int(max(self.payload_bytes)) if self.payload_bytes else None,
@@ -106,6 +110,7 @@ class SplitStudy:
     profiles: dict[str, CutProfile] = field(default_factory=dict)  # every cut, multi cuts included
     resolution_numel: dict[str, dict[str, int]] = field(default_factory=dict)
     task: Task = field(default_factory=get_task)
+    joint: dict[tuple[str, str], CodedResult] = field(default_factory=dict)  # multi-tensor cuts coded jointly
 
     @property
     def ref_correct(self) -> np.ndarray:
@@ -134,10 +139,19 @@ class SplitStudy:
             raise KeyError(f"{self.anchor}: ({cut!r}, {point_id!r}) was not studied; studied: "
                            f"{sorted(self.coded)}") from None
 
-    def curve(self, cut: str, family: str, metric: str = "top1") -> list[tuple[float, float]]:
-        """(bits per sample, metric) for every successful point of a family at a cut."""
+    def joint_result(self, cut: str, point_id: str) -> CodedResult:
+        """One (multi-tensor cut, operating point) coded jointly; KeyError naming what was coded jointly otherwise."""
+        try:
+            return self.joint[(cut, point_id)]
+        except KeyError:
+            raise KeyError(f"{self.anchor}: ({cut!r}, {point_id!r}) was not coded jointly; coded jointly: "
+                           f"{sorted(self.joint)}") from None
+
+    def curve(self, cut: str, family: str, metric: str = "top1", mode: str = "per-tensor") -> list[tuple[float, float]]:
+        """(bits per sample, metric) for every successful point of a family at a cut, coded per tensor (the default)
+        or ``joint``."""
         out = []
-        for (c, _), r in self.coded.items():
+        for (c, _), r in (self.joint if mode == "joint" else self.coded).items():
             if c == cut and r.point.family == family and r.ok:
                 out.append((r.bits_per_sample, r.top1 if metric == "top1" else r.agreement))
         return sorted(out)
@@ -171,26 +185,32 @@ def run_study(anchor: str, graph: SplitGraph, batches: Iterable[tuple[torch.Tens
         probe = _on_device(probe, device, moved)
     acc = {cut: FeatureStatsAccumulator(graph.cut(cut)) for cut in stats_cuts}
     results = {(cut, p.id): CodedResult(cut, p) for cut, pts in coded.items() for p in pts}
+    joint = {(cut, p.id): CodedResult(cut, p, mode="joint") for cut, pts in coded.items()
+             if graph.cut(cut).num_tensors > 1 for p in pts}
     codecs = {}
     for (cut, pid), r in results.items():
         try:
             codecs[(cut, pid)] = r.point.build()
         except Exception as exc:  # the boundary of one case: a codec that cannot even be built
             _fail(r, exc, "exception")
-    cached: set[tuple[str, str]] = set()
+            if (cut, pid) in joint:
+                _fail(joint[(cut, pid)], exc, "exception")
+    cached: set[tuple[str, str, str]] = set()
     if cache is not None:
-        for key, r in results.items():
-            hit = cache.load(r.cut, _cache_point(r.point, codecs[key]), codecs[key]) if r.ok else None
-            if hit is not None:
-                r.payload_bytes.extend(hit["payload_bytes"])
-                r._chunks.append(hit["logits"])
-                r.max_abs_error, r.sq_error = hit["max_abs_error"], hit["sq_error"]
-                r.elements, r.determinism_checked = hit["elements"], hit["determinism_checked"]
-                cached.add(key)
+        for mode, table in (("per-tensor", results), ("joint", joint)):
+            for key, r in table.items():
+                hit = cache.load(r.cut, _cache_point(r.point, codecs[key], mode), codecs[key]) if r.ok else None
+                if hit is not None:
+                    r.payload_bytes.extend(hit["payload_bytes"])
+                    r._chunks.append(hit["logits"])
+                    r.max_abs_error, r.sq_error = hit["max_abs_error"], hit["sq_error"]
+                    r.elements, r.determinism_checked = hit["elements"], hit["determinism_checked"]
+                    cached.add((mode, *key))
 
     labels, ref_logits = [], []
     seen = 0
-    to_code = sum(1 for key, r in results.items() if r.ok and key not in cached)
+    to_code = sum(1 for key, r in results.items() if r.ok and ("per-tensor", *key) not in cached) + \
+        sum(1 for key, r in joint.items() if r.ok and ("joint", *key) not in cached)
     with torch.inference_mode(), progress(f"split study {anchor}: {to_code} (cut, codec) points coded, "
                                           f"samples done") as line:
         for x, y in batches:
@@ -207,15 +227,19 @@ def run_study(anchor: str, graph: SplitGraph, batches: Iterable[tuple[torch.Tens
                     f = feats[cut]
                     a.update(f[:take] if isinstance(f, torch.Tensor) else tuple(t[:take] for t in f))
             for (cut, pid), r in results.items():
-                if r.ok and (cut, pid) not in cached:
+                if r.ok and ("per-tensor", cut, pid) not in cached:
                     _code_batch(r, codecs[(cut, pid)], feats[cut], tails[cut], determinism_checks - r.determinism_checked)
+            for (cut, pid), r in joint.items():
+                if r.ok and ("joint", cut, pid) not in cached:
+                    _code_batch_joint(r, codecs[(cut, pid)], feats[cut], tails[cut],
+                                      determinism_checks - r.determinism_checked)
             seen += len(y)
 
     for module in moved:
         module.to("cpu")
     labels_t = torch.cat(labels) if labels and isinstance(labels[0], torch.Tensor) else tuple(labels)
     ref = task.concat_outputs(ref_logits)
-    for r in results.values():
+    for r in [*results.values(), *joint.values()]:
         if r.ok:
             r.logits = task.concat_outputs(r._chunks)
             r._chunks.clear()
@@ -225,15 +249,17 @@ def run_study(anchor: str, graph: SplitGraph, batches: Iterable[tuple[torch.Tens
                 r.correct = r.scores["correct"]
                 r.agreement = top1_agreement(ref, r.logits)
                 r.kl = mean_kl_divergence(ref, r.logits)
-            if cache is not None and (r.cut, r.point.id) not in cached:
-                cache.store(r.cut, _cache_point(r.point, codecs[(r.cut, r.point.id)]), codecs[(r.cut, r.point.id)], r)
+            key = (r.cut, r.point.id)
+            if cache is not None and (r.mode, *key) not in cached:
+                cache.store(r.cut, _cache_point(r.point, codecs[key], r.mode), codecs[key], r)
         else:
             r._chunks.clear()
     stats = {cut: a.result(profile=(profiles or {}).get(cut), resolution_numel=(resolution_numel or {}).get(cut))
              for cut, a in acc.items()}
     return SplitStudy(anchor=anchor, graph=graph, labels=labels_t, ref_logits=ref, stats=stats, coded=results,
                       dataset=dataset, smoke=smoke, profiles=dict(profiles or {}),
-                      resolution_numel={k: dict(v) for k, v in (resolution_numel or {}).items()}, task=task)
+                      resolution_numel={k: dict(v) for k, v in (resolution_numel or {}).items()}, task=task,
+                      joint=joint)
 
 
 def _on_device(module, device: str, moved: list):
@@ -255,10 +281,13 @@ def _to_cpu(value):
     return value
 
 
-def _cache_point(p: OperatingPoint, codec=None) -> dict:
+def _cache_point(p: OperatingPoint, codec=None, mode: str = "per-tensor") -> dict:
     """What of an operating point decides its coded result (not its id, claim or tier); a sandboxed proposal's
-    codec adds its folder's tree hash (its proxy class's source file says nothing of the proposal's code)."""
+    codec adds its folder's tree hash (its proxy class's source file says nothing of the proposal's code). Joint
+    coding adds its mode (per-tensor keys are unchanged)."""
     out = {"codec": p.codec, "params": p.kwargs, "lossless": p.lossless, "version": p.version}
+    if mode != "per-tensor":
+        out["mode"] = mode
     if getattr(codec, "source_sha256", None):
         out["source"] = codec.source_sha256
     return out
@@ -349,3 +378,61 @@ def _code_tensor(r: CodedResult, codec, batch: torch.Tensor, label: str,
         sizes.append(len(payload))
         decoded.append(dec)
     return sizes, decoded
+
+
+def _code_batch_joint(r: CodedResult, codec, batch: tuple[torch.Tensor, ...], tail, determinism_left: int) -> None:
+    """A batch of a multi-tensor cut coded jointly: each sample's tensors, in the cut's order, in ONE payload
+    (``encode_joint_many`` once, fresh copies of the first ``determinism_left`` samples again, whose payloads must
+    repeat), decoded with ``decode_joint_many`` in a seeded, shuffled order; a sample's bits are its one payload's
+    length; the tail runs on every decoded tensor. Failures are kept on ``r`` as in :func:`_code_batch`."""
+    label = f"{r.point.id} at {r.cut} (joint)"
+    k = len(batch)
+    n = batch[0].shape[0]
+    try:
+        samples = [tuple(t[i] for t in batch) for i in range(n)]
+        again = min(max(determinism_left, 0), n)
+        coded = codec.encode_joint_many(samples + [tuple(t.clone() for t in samples[i]) for i in range(again)])
+        if not isinstance(coded, list) or len(coded) != n + again:
+            raise CodecContractError(f"{label}: encode_joint_many returned {type(coded).__name__} of "
+                                     f"{len(coded) if isinstance(coded, list) else '?'} payloads for {n + again} samples")
+        for p in coded:
+            check_payload(p, label)
+        payloads = coded[:n]
+        for i in range(again):
+            if coded[n + i] != payloads[i]:
+                raise CodecContractError(f"{label}: encode is not deterministic: two joint encodings of sample "
+                                         f"{r.n + i} differ ({len(payloads[i])} and {len(coded[n + i])} bytes)")
+            r.determinism_checked += 1
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(r.n + 7919)).tolist()
+        shuffled = codec.decode_joint_many([payloads[j] for j in order])
+        if not isinstance(shuffled, list) or len(shuffled) != n:
+            raise CodecContractError(f"{label}: decode_joint_many returned {type(shuffled).__name__} for {n} payloads")
+        outputs = [None] * n
+        for pos, j in enumerate(order):
+            outputs[j] = shuffled[pos]
+        for i in range(n):
+            dec = outputs[i]
+            if not isinstance(dec, (tuple, list)) or len(dec) != k:
+                raise CodecContractError(f"{label}: sample {r.n + i} decoded to {type(dec).__name__} of "
+                                         f"{len(dec) if isinstance(dec, (tuple, list)) else '?'} tensors, the cut "
+                                         f"hands over {k}")
+            for j in range(k):
+                check_decoded(dec[j], samples[i][j], f"{label}, tensor {j} of {k}")
+                diff = (dec[j].to(torch.float64) - samples[i][j].to(torch.float64)).abs()
+                if r.point.lossless and bool((diff > 0).any()):
+                    raise CodecContractError(f"{label}: declared lossless, but tensor {j} differs from the input by up "
+                                             f"to {float(diff.max()):.3g} in sample {r.n + i}")
+                r.max_abs_error = max(r.max_abs_error, float(diff.max()))
+                r.sq_error += float((diff * diff).sum())
+                r.elements += diff.numel()
+        logits = tail(*(torch.stack([outputs[i][j] for i in range(n)]) for j in range(k)))
+        if not bool(torch.isfinite(logits).all()):
+            raise CodecContractError(f"{label}: the tail produced non-finite logits from decoded features")
+    except CodecContractError as exc:
+        _fail(r, exc, "contract")
+        return
+    except Exception as exc:  # the boundary of one case: the codec raised on its own input or payload
+        _fail(r, exc, "exception")
+        return
+    r.payload_bytes.extend(len(p) for p in payloads)
+    r._chunks.append(logits)
