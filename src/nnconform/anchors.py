@@ -12,7 +12,9 @@ Weight sources (the ``weights`` field of an anchor or a checkpoint):
 * ``package:<module>/<path>``: a file shipped inside an installed Python package;
 * ``torchvision:<WeightsEnum>.<MEMBER>``: torchvision's weights API and its ``TORCH_HOME`` cache;
 * ``hf:<repo-name>/model.safetensors``: a Hugging Face checkpoint folder placed by hand under
-  ``NNCONFORM_HF_DIR`` (never downloaded at run time; :mod:`nnconform.speech.hf`).
+  ``NNCONFORM_HF_DIR`` (never downloaded at run time; :mod:`nnconform.speech.hf`);
+* ``onnx:<anchor>``: an ONNX anchor of ``anchors/onnx.toml`` (family ``onnx``), whose graph holds its weights
+  and runs in onnxruntime (:mod:`nnconform.onnxgraph.anchor`).
 
 Every file is checked against its full sha256 before it is loaded, including a file already in
 torchvision's cache (torchvision itself does not re-check a cached file). Pickled ``.pth`` files
@@ -37,8 +39,9 @@ from .data import Preprocess
 from .hashing import sha256_file
 from .paths import anchors_dir, read_toml
 
-FAMILIES = ("zoo", "efficientnet-lite", "torchvision", "huggingface")
-DATASETS = ("fashion-mnist", "imagenet-1k", "espeak-synth", "librivox-smoke", "librispeech", "fmnist-mosaic")
+FAMILIES = ("zoo", "efficientnet-lite", "torchvision", "huggingface", "onnx")
+DATASETS = ("fashion-mnist", "imagenet-1k", "espeak-synth", "librivox-smoke", "librispeech", "fmnist-mosaic",
+            "coco-val2017")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -147,6 +150,8 @@ class Anchor:
             from .speech.hf import build_pretrained
 
             return build_pretrained(self)
+        if checkpoint is None and self.weights.startswith("onnx:"):  # the verified graph holds the weights
+            return self.build_architecture()
         model = self.build_architecture()
         state = self.state_dict(checkpoint)
         try:
@@ -202,6 +207,10 @@ def resolve_weights_path(source: str) -> Path:
         from .speech.hf import hf_weights_path
 
         return hf_weights_path(source)
+    if source.startswith("onnx:"):
+        from .onnxgraph.anchor import anchor_file
+
+        return anchor_file(source.removeprefix("onnx:"))
     if source.startswith("package:"):
         module, _, rel = source.removeprefix("package:").partition("/")
         spec = importlib.util.find_spec(module)
@@ -247,6 +256,11 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def load_verified_weights(source: str, sha256: str, *, anchor: str = "") -> dict[str, torch.Tensor]:
     """Resolve, hash-check and read a weights file; the errors name the file and what to do."""
+    if source.startswith("onnx:"):  # no state dict: the graph is the model (absent or wrong: the ONNX errors)
+        from .onnxgraph.anchor import load_verified
+
+        load_verified(source.removeprefix("onnx:"))
+        raise WeightsIntegrityError(f"{anchor}: {source} is an ONNX graph; it has no state dict (build() runs it)")
     path = resolve_weights_path(source)
     if not path.is_file() and source.startswith("torchvision:"):
         _download_torchvision(source, path)
@@ -350,6 +364,15 @@ def _load_all(folder: Path) -> dict[str, Anchor]:
             if name in anchors:
                 raise ManifestError(f"{path}: anchor {name!r} is already defined in {anchors[name].manifest}")
             anchors[name] = anchor
+    from .onnxgraph.anchor import to_anchor
+    from .onnxgraph.manifest import FILE_NAME, load_onnx_manifest
+
+    for name, onnx_anchor in load_onnx_manifest(folder / FILE_NAME).items():
+        if name in anchors:
+            raise ManifestError(f"{folder / FILE_NAME}: ONNX anchor {name!r} is already defined in "
+                                f"{anchors[name].manifest}; names are unique")
+        if onnx_anchor.in_criteria:  # a classifier with documented counts; detection graphs: node tables only
+            anchors[name] = to_anchor(onnx_anchor, folder)
     return anchors
 
 

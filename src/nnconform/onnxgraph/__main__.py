@@ -3,6 +3,7 @@
     python -m nnconform.onnxgraph table MODEL.onnx --sizes 224,320 [--sha256 HEX] [--json OUT.json]
     python -m nnconform.onnxgraph table onnx-vgg16 --sizes 224,320      # an anchor of anchors/onnx.toml
     python -m nnconform.onnxgraph anchors                               # where each anchor's file goes
+    python -m nnconform.onnxgraph export [NAME ...] [--into DIR] [--check]  # the embedded ONNX anchors' recipe
 """
 
 from __future__ import annotations
@@ -60,6 +61,33 @@ def _anchors(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    import tempfile
+
+    from ..hashing import sha256_file
+    from .export import RECIPES, export
+    from .manifest import get_onnx_anchor
+
+    unknown = [n for n in args.names if n not in RECIPES]
+    if unknown:
+        print(f"error: no export recipe for {unknown}; recipes: {sorted(RECIPES)}", file=sys.stderr)
+        return 2
+    names = args.names or list(RECIPES)
+    if not args.check:
+        for name, path in export(names, args.into).items():
+            print(f"{name}: wrote {path} (sha256 {sha256_file(path)}, {path.stat().st_size:,} bytes)")
+        return 0
+    bad = 0
+    with tempfile.TemporaryDirectory() as tmp:  # --check: export aside, compare with the pinned file
+        for name, path in export(names, tmp).items():
+            pinned, digest = get_onnx_anchor(name).sha256, sha256_file(path)
+            same = digest == pinned
+            bad += not same
+            print(f"{name}: {'identical to' if same else 'DIFFERS from'} the pinned file (exported {digest}, "
+                  f"pinned {pinned})")
+    return 1 if bad else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m nnconform.onnxgraph``."""
     parser = argparse.ArgumentParser(prog="python -m nnconform.onnxgraph", description=__doc__.splitlines()[0])
@@ -72,8 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     table.add_argument("--data-dir", help="the run's data dir (ONNX anchors are looked for in DATA_DIR/onnx)")
     anchors = sub.add_parser("anchors", help="list the ONNX anchors and whether their files are in place")
     anchors.add_argument("--data-dir", help="the run's data dir (ONNX anchors are looked for in DATA_DIR/onnx)")
+    exp = sub.add_parser("export", help="export the embedded ONNX anchors with their committed recipe")
+    exp.add_argument("names", nargs="*", help="recipes to run (default: all)")
+    exp.add_argument("--into", help="write under this folder instead of the anchors folder")
+    exp.add_argument("--check", action="store_true", help="export aside and compare with the pinned sha256")
     args = parser.parse_args(argv)
-    return _table(args) if args.command == "table" else _anchors(args)
+    return {"table": _table, "anchors": _anchors, "export": _export}[args.command](args)
 
 
 if __name__ == "__main__":

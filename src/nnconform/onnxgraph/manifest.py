@@ -6,8 +6,12 @@ data files if any, the input sizes its node table is computed at and the documen
 files are large and never downloaded by nnconform: a run looks for them in ``<data dir>/onnx``
 (``--nnc-data-dir``), else ``$NNCONFORM_ONNX_DIR``, else ``~/.cache/nnconform/onnx``, and an absent file
 is an :class:`~nnconform.onnxgraph.files.OnnxUnavailable` whose message names the file, the folder and
-the URL. These anchors live in their own table, apart from the torch anchors of
-:mod:`nnconform.anchors`, until the criteria take ONNX graphs (issue 14, items 3-5).
+the URL. An embedded anchor (``embedded``: a path under the anchors folder, written by
+``python -m nnconform.onnxgraph export``) is read from there instead.
+
+A classification anchor with ``num_classes``, ``num_params``, ``macs`` and ``preprocess`` takes part in the
+anchors and split criteria (:attr:`OnnxAnchor.in_criteria`, :mod:`nnconform.onnxgraph.anchor`); the others
+(the detection graphs) give node tables only.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from .files import ExternalData, OnnxFile, OnnxFileError, OnnxUnavailable, load_
 FILE_NAME = "onnx.toml"
 TABLE = "onnx_anchors"
 TASKS = ("classification", "detection")
-DATASETS = ("imagenet-1k", "coco-val2017")
+DATASETS = ("imagenet-1k", "coco-val2017", "fashion-mnist")
 ENV_DIR = "NNCONFORM_ONNX_DIR"
 
 
@@ -54,10 +58,27 @@ class OnnxAnchor:
     default: bool = False
     manifest: str = ""
     notes: str = field(default="", compare=False)
+    #: a path under the anchors folder (an embedded anchor, committed); "" for a file the user supplies
+    embedded: str = ""
+    num_classes: int | None = None
+    #: the documented parameters and MACs (counted from the graph by the anchors criterion)
+    num_params: int | None = None
+    macs: int | None = None
+    #: how far the measured metric may lie from the documented one
+    tolerance: float = 0.005
+
+    @property
+    def in_criteria(self) -> bool:
+        """Whether the anchor takes part in the criteria: a classifier with classes, preprocessing and documented
+        parameters and MACs (a detection graph gives node tables only)."""
+        return (self.task == "classification" and self.num_classes is not None and self.preprocess is not None
+                and self.num_params is not None and self.macs is not None)
 
     def folder(self, data_dir: str | Path | None = None) -> Path:
-        """Where the file is looked for: ``<data_dir>/onnx``, else ``$NNCONFORM_ONNX_DIR``, else
-        ``~/.cache/nnconform/onnx``."""
+        """Where the file is looked for: an embedded one's folder under the anchors folder; else
+        ``<data_dir>/onnx``, else ``$NNCONFORM_ONNX_DIR``, else ``~/.cache/nnconform/onnx``."""
+        if self.embedded:
+            return (anchors_dir() / self.embedded).parent
         return onnx_dir(data_dir)
 
     def path(self, data_dir: str | Path | None = None) -> Path:
@@ -67,6 +88,9 @@ class OnnxAnchor:
     def load(self, data_dir: str | Path | None = None) -> OnnxFile:
         """The verified file (sha256, external data); :class:`OnnxUnavailable` says where to put an absent one."""
         path = self.path(data_dir)
+        if not path.is_file() and self.embedded:
+            raise OnnxUnavailable(f"{self.name}: embedded ONNX file {self.embedded} is not in {path.parent}; write it "
+                                  f"with `python -m nnconform.onnxgraph export {self.name}`")
         if not path.is_file():
             raise OnnxUnavailable(
                 f"{self.name}: ONNX file {self.file} ({self.size_bytes:,} bytes, sha256 {self.sha256}) is not in "
@@ -102,6 +126,10 @@ def parse_onnx_anchor(name: str, raw: object, manifest: str) -> OnnxAnchor:
         if not re.fullmatch(r"[0-9a-f]{64}", sha):
             raise PlanError(f"{t.at('sha256')}: {sha!r} is not a full 64-hex-digit sha256")
         file = t.str("file")
+        embedded = t.str("embedded", "")
+        if embedded and (embedded.startswith("/") or ".." in embedded.split("/") or Path(embedded).name != file):
+            raise PlanError(f"{t.at('embedded')}: {embedded!r} must be a path under the anchors folder ending in "
+                            f"the file name {file!r}")
         if "/" in file or "\\" in file or not file.endswith(".onnx"):
             raise PlanError(f"{t.at('file')}: {file!r} must be a bare file name ending in .onnx")
         external = []
@@ -122,11 +150,13 @@ def parse_onnx_anchor(name: str, raw: object, manifest: str) -> OnnxAnchor:
             input_shape=tuple(t.list("input_shape", int, check=t.positive)),
             sizes=tuple(t.list("sizes", int, check=t.positive)), metrics=metrics, license=t.str("license"),
             provenance=t.str("provenance"), preprocess=preprocess, external_data=tuple(external),
-            default=t.bool("default", False), manifest=manifest, notes=t.str("notes", ""))
+            default=t.bool("default", False), manifest=manifest, notes=t.str("notes", ""), embedded=embedded,
+            num_classes=t.int("num_classes", None, min=1), num_params=t.int("num_params", None, min=0),
+            macs=t.int("macs", None, min=0), tolerance=t.float("tolerance", 0.005, min=0, max=1))
         t.done()
     except PlanError as exc:
         raise OnnxManifestError(str(exc)) from None
-    if not anchor.source.startswith("https://"):
+    if not anchor.embedded and not anchor.source.startswith("https://"):
         raise OnnxManifestError(f"{where}.source: {anchor.source!r} is not an https URL of the published file")
     return anchor
 
@@ -148,7 +178,7 @@ def _load(folder: Path) -> dict[str, OnnxAnchor]:
     anchors = load_onnx_manifest(folder / FILE_NAME)
     from ..anchors import all_anchors
 
-    clash = sorted(set(anchors) & set(all_anchors()))
+    clash = sorted(set(anchors) & {n for n, a in all_anchors().items() if a.family != "onnx"})
     if clash:
         raise OnnxManifestError(f"{folder / FILE_NAME}: anchor name(s) {clash} are also torch anchors; "
                                 "names are unique")

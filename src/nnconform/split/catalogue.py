@@ -134,6 +134,19 @@ def trace_entry(anchor_name: str) -> CatalogueEntry:
     from .cuts import SplitTraceError
 
     anchor = get_anchor(anchor_name)
+    if anchor.family == "onnx":  # the graph's node cuts; a file that is absent gives no cuts, and says why
+        from ..anchors import WeightsUnavailable
+        from ..onnxgraph.splitgraph import OnnxSplitGraph
+
+        try:
+            graph = OnnxSplitGraph.from_module(anchor.build(), anchor.input_shape)
+        except WeightsUnavailable:  # the reason must not name this machine's folders: the file is committed
+            from ..onnxgraph.manifest import get_onnx_anchor
+
+            return CatalogueEntry(anchor_name, tuple(anchor.input_shape), (), (), untraceable=(
+                f"the ONNX file {get_onnx_anchor(anchor_name).file} was absent when the catalogue was written; "
+                f"no cuts until `{UPDATE_COMMAND} {anchor_name}` runs where it is present"))
+        return CatalogueEntry.from_graph(anchor_name, graph)
     torch.manual_seed(0)
     try:
         graph = SplitGraph.trace(anchor.build_architecture().eval(), anchor.input_shape)

@@ -169,7 +169,14 @@ class SplitRuns:
         """The traced graph of ``model`` (once per key)."""
         k = (key, trained)
         if k not in self.graphs:
-            self.graphs[k] = SplitGraph.trace(model, input_shape)
+            from ..onnxgraph.anchor import OnnxAnchorModule
+
+            if isinstance(model, OnnxAnchorModule):  # an ONNX anchor: its graph's node cuts (onnxgraph.splitgraph)
+                from ..onnxgraph.splitgraph import OnnxSplitGraph
+
+                self.graphs[k] = OnnxSplitGraph.from_module(model, input_shape)
+            else:
+                self.graphs[k] = SplitGraph.trace(model, input_shape)
         return self.graphs[k]
 
     def model(self, session: Any, anchor_name: str) -> tuple[torch.nn.Module, SplitGraph, bool]:
@@ -228,9 +235,12 @@ class SplitRuns:
             model, graph, _ = self.model(session, anchor_name)
             resolutions = self.plan.resolutions.get(anchor.dataset, (anchor.input_shape[-1],))
             profiles, scaling, stats = profile_cuts(graph), resolution_scaling(graph, resolutions), {}
+        if hasattr(graph, "totals"):  # an ONNX graph: torch cannot count inside onnxruntime
+            total_params, total_macs = graph.totals()
+        else:
+            total_params, total_macs = count_params(model), count_macs(model, anchor.input_shape)
         return {"graph": graph, "profiles": profiles, "scaling": scaling, "stats": stats, "study": study,
-                "missing": missing, "total_macs": count_macs(model, anchor.input_shape),
-                "total_params": count_params(model)}
+                "missing": missing, "total_macs": total_macs, "total_params": total_params}
 
     @staticmethod
     def _once(store: dict, key: str, compute: Callable[[], Any]):
