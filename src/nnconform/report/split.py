@@ -180,6 +180,123 @@ def _rate_accuracy(ctx: ReportContext, recs) -> list[str]:
     return out
 
 
+#: Above this many cuts, the node table shows the single cuts and the coded ones (results.json keeps every node).
+NODE_TABLE_ROWS = 40
+
+
+def _tensor_cells(t: dict) -> list:
+    return [t["name"], "x".join(map(str, t["shape"])), t["dtype"], f"{t['bytes']:,}"]
+
+
+def _node_tables(recs) -> list[str]:
+    """TR 26.847 tables per anchor from its ``split.node_table`` record: every node (name, branches, each tensor's
+    shape and bytes per input) and the input-size scaling of the coded cuts."""
+    out = []
+    for r in recs:
+        if r.check_id != "split.node_table" or "nodes" not in r.details:
+            continue
+        d = r.details
+        coded = set(d.get("scaling", {}))
+        nodes = d["nodes"]
+        shown = nodes if len(nodes) <= NODE_TABLE_ROWS else [n for n in nodes if n["branches"] == 1 or n["node"] in coded]
+        rows = []
+        for n in shown:
+            if n["branches"] == 1:
+                rows.append([n["node"], 1, *_tensor_cells(n["tensors"][0]), f"{n['bytes']:,}"])
+                continue
+            rows.append([n["node"], n["branches"], "", "", "", "", f"{n['bytes']:,}"])
+            rows += [["", f"branch {k + 1}", *_tensor_cells(t), ""] for k, t in enumerate(n["tensors"])]
+        shape = "x".join(map(str, d["input_shape"]))
+        left = len(nodes) - len(shown)
+        out += [f"#### {r.subject}: TR 26.847 node table", "",
+                f"Every split point of the traced graph at input {shape}: the branches (tensors crossing it; a "
+                "multi-tensor node lists each), shapes per input and bytes per input (numel x itemsize, checked "
+                f"against the tensors the head hands over: {r.status.value.upper()})."
+                + (f" {left} other multi-tensor nodes are in results.json (`split.node_table` details)." if left else ""),
+                "", md_table(["node", "branches", "tensor", "shape", "dtype", "bytes", "bytes per input"], rows), ""]
+        sizes = [str(x) for x in d.get("sizes", [])]
+        if coded and sizes:
+            unit = "px" if len(d["input_shape"]) == 3 and d["input_shape"][1] == d["input_shape"][2] else " frames"
+            rows = []
+            for cut, by_size in d["scaling"].items():
+                n = next((x for x in nodes if x["node"] == cut), None)
+                branches = n["branches"] if n else len(next(iter(by_size.values()), {}).get("tensors", []))
+                name = n["tensors"][0]["name"] if n and branches == 1 else ""
+                rows.append([cut, branches, name] + [f"{by_size[z]['bytes']:,}" if z in by_size else "n/a" for z in sizes])
+                if branches > 1:
+                    for k in range(branches):
+                        rows.append(["", f"branch {k + 1}", (n["tensors"][k]["name"] if n else "")]
+                                    + [f"{'x'.join(map(str, by_size[z]['tensors'][k]['shape']))}: "
+                                       f"{by_size[z]['tensors'][k]['bytes']:,}" if z in by_size else "n/a"
+                                       for z in sizes])
+            out += [f"Intermediate data per input at each input size (coded cuts; shapes by propagating a random input "
+                    f"of each size, no data): bytes per input{' (shape: bytes per branch)' if any(r_[1] != 1 for r_ in rows if r_[0]) else ''}.",
+                    "", md_table(["cut", "branches", "tensor"] + [f"@{z}{unit}" for z in sizes], rows), ""]
+    return out
+
+
+def _joint(ctx: ReportContext, recs) -> list[str]:
+    """Per coded multi-tensor cut: bits per input and the task's metric per tensor and joint, the rate-accuracy plot
+    of both modes, the BD-rate of joint against per-tensor coding per family."""
+    bd = defaultdict(list)
+    for r in recs:
+        if r.check_id == "split.joint_bd_rate":
+            anchor, cut, _ = r.subject.split("/", 2)
+            bd[(anchor, cut)].append(r)
+    out = []
+    for r in recs:
+        if r.check_id != "split.joint_coding" or "rows" not in r.details:
+            continue
+        anchor, cut = r.subject.split("/", 1)
+        d = r.details
+        metric = d.get("metric_label", "top-1")
+
+        def num(v, f):
+            return "error" if v is None else format(v, f)
+
+        table = [[x["point"], x["family"], num(x["per_tensor_bits"], ",.0f"), num(x["joint_bits"], ",.0f"),
+                  _pct(x.get("joint_saving"), 1), num(x["per_tensor_metric"], ".4f"), num(x["joint_metric"], ".4f")]
+                 for x in d["rows"]]
+        shapes = " + ".join("x".join(map(str, s)) for s in d.get("shapes", []))
+        out += [f"#### {anchor} / {cut}: {d.get('tensors')} tensors coded per tensor and jointly", "",
+                f"Per tensor: one payload per tensor, bits summed; joint: the input's tensors ({shapes}) in ONE payload "
+                f"(one range / one stream / one frame). Bits per input are lengths of real payloads decoded and run "
+                f"through the tail; uncoded {metric} {d.get('ref_metric', float('nan')):.4f} on {d.get('n')} samples; "
+                f"{r.status.value.upper()}.", "",
+                md_table(["point", "family", "bits/input per tensor", "bits/input joint", "joint vs per tensor",
+                          f"{metric} per tensor", f"{metric} joint"], table), ""]
+        curves = []
+        for mode, bits, value in (("per-tensor", "per_tensor_bits", "per_tensor_metric"),
+                                  ("joint", "joint_bits", "joint_metric")):
+            by_family = defaultdict(list)
+            for x in d["rows"]:
+                if x[bits] is not None:
+                    by_family[x["family"]].append({"bits_per_sample": x[bits], "metric": x[value], "point": x["point"]})
+            curves += [kit.RateCurve.from_rows(f"{anchor}/{cut}/joint", f"{fam} ({mode})", pts,
+                                               ("bits_per_sample", "metric", "point"), rate="bits_per_sample",
+                                               description=f"{anchor} cut {cut}, {mode}")
+                       for fam, pts in sorted(by_family.items()) if len(pts) >= 2]
+        if curves:
+            for c, path in zip(curves, kit.write_curves(curves, ctx.run_dir / SUBDIR / "curves")):
+                ctx.artifacts[f"split/curves/{anchor}/{cut}/joint/{c.method}"] = str(path.relative_to(ctx.run_dir))
+            path = kit.plot_curves(curves, ctx.run_dir / SUBDIR / f"joint-{_safe(anchor)}-{_safe(cut)}.png",
+                                   x="bits_per_sample", y="metric", xlabel="bits per input", ylabel=metric,
+                                   title=f"{anchor} / {cut}: joint vs per-tensor",
+                                   hlines=[(d["ref_metric"], "uncoded")] if d.get("ref_metric") is not None else ())
+            rel = str(path.relative_to(ctx.run_dir))
+            ctx.artifacts[f"split/joint/{anchor}/{cut}"] = rel
+            out += [f"![{anchor} {cut} joint vs per-tensor]({rel})", ""]
+        if bd.get((anchor, cut)):
+            out += [f"BD-rate of joint against per-tensor coding (PCHIP, on {metric}; negative: joint needs fewer bits "
+                    "for the same accuracy):", "",
+                    md_table(["family", "BD-rate", "points (per tensor / joint)"],
+                             [[b.details["family"], _pct(b.measured, 1) or
+                               f"undefined ({b.details['bd_rate'].get('reason', '')})",
+                               f"{len(b.details['curve_per_tensor'])} / {len(b.details['curve_joint'])}"]
+                              for b in bd[(anchor, cut)]]), ""]
+    return out
+
+
 def _selection(recs) -> list[str]:
     rows = [r for r in recs if r.check_id == "split.selection"]
     kpis = [r for r in recs if r.check_id == "split.kpi"]
@@ -210,7 +327,9 @@ def split_section(ctx: ReportContext) -> str:
     recs = ctx.records_of("split")
     lines = ["### Split inference: intermediate data, feature codecs, split selection", ""]
     lines += _intermediate(ctx, recs)
+    lines += _node_tables(recs)
     lines += _rate_accuracy(ctx, recs)
+    lines += _joint(ctx, recs)
     lines += _selection(recs)
     return "\n".join(lines)
 
