@@ -29,9 +29,11 @@ def test_every_manifest_entry_is_consistent():
             from torchvision.models import get_weight
 
             meta = get_weight(anchor.weights.removeprefix("torchvision:")).meta
-            acc = meta["_metrics"]["ImageNet-1K"]["acc@1"] / 100
-            if abs(acc - anchor.metrics["top1"]) > 1e-9:
-                problems.append(f"{name}: top1 {anchor.metrics['top1']} but torchvision documents {acc}")
+            # a COCO detector documents its box mAP, a classifier its ImageNet top-1
+            key, acc = (("map", meta["_metrics"]["COCO-val2017"]["box_map"] / 100) if anchor.task == "detection"
+                        else ("top1", meta["_metrics"]["ImageNet-1K"]["acc@1"] / 100))
+            if abs(acc - anchor.metrics[key]) > 1e-9:
+                problems.append(f"{name}: {key} {anchor.metrics[key]} but torchvision documents {acc}")
             file_prefix = resolve_weights_path(anchor.weights).name.rsplit("-", 1)[-1].split(".")[0]
             if not anchor.sha256.startswith(file_prefix):
                 problems.append(f"{name}: sha256 {anchor.sha256[:8]}... does not start with file prefix {file_prefix}")

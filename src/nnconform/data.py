@@ -407,9 +407,11 @@ def load_imagenet_val(source: str | None, *, subset: int | None = None, cache_di
 
 
 def load_dataset(name: str, split: str = "test", *, data_dir=None, imagenet_source=None,
-                 imagenet_subset: int | None = None, cache_dir=None) -> ImageDataset:
+                 imagenet_subset: int | None = None, cache_dir=None, coco_source=None,
+                 coco_subset: int | None = None) -> ImageDataset:
     """Load a dataset by the name anchors use in their manifests (ImageNet: ``imagenet_subset`` images of
-    the class-balanced subset, decoded into ``cache_dir``)."""
+    the class-balanced subset, decoded into ``cache_dir``; COCO val2017: the local folder ``coco_source``,
+    else ``$NNCONFORM_COCO_DIR``, its first ``coco_subset`` images)."""
     if name == "fashion-mnist":
         return load_fashion_mnist(split, data_dir)
     if name == "imagenet-samples":
@@ -420,9 +422,14 @@ def load_dataset(name: str, split: str = "test", *, data_dir=None, imagenet_sour
         from .detection.data import load_mosaic_dataset
 
         return load_mosaic_dataset(split, data_dir)
+    if name == "coco-val2017":  # the real detection path (nnconform.detection.coco)
+        from .detection.coco import load_coco_val
+
+        return load_coco_val(coco_source, subset=coco_subset)
     from .speech import DATASETS as SPEECH_DATASETS, load_speech_dataset
 
     if name in SPEECH_DATASETS:  # speech (nnconform.speech): generated or laid out into cache_dir
         return load_speech_dataset(name, split, cache_dir=cache_dir)
-    raise KeyError(f"unknown dataset {name!r}; known: fashion-mnist, fmnist-mosaic, imagenet-1k, imagenet-samples, "
+    raise KeyError(f"unknown dataset {name!r}; known: coco-val2017, fashion-mnist, fmnist-mosaic, imagenet-1k, "
+                   "imagenet-samples, "
                    f"{', '.join(SPEECH_DATASETS)}")

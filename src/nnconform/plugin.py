@@ -58,6 +58,12 @@ def _subset_size(value: str) -> int:
     return int(value)
 
 
+def _coco_subset_size(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise pytest.UsageError(f"--nnc-coco-subset {value!r}: give a positive number of images")
+    return int(value)
+
+
 def _run_id(value: str) -> str:
     try:
         return check_run_id(value)
@@ -107,6 +113,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--nnc-imagenet-subset", default=None, type=_subset_size, metavar="N",
         help="with --nnc-imagenet: evaluate the fixed class-balanced subset of N images (each class's first "
              "images in file order, round-robin over classes); judged by its confidence interval")
+    add("--nnc-coco", default=None, metavar="DIR",
+        help="COCO val2017: a local folder with val2017/*.jpg and annotations/instances_val2017.json (default: "
+             "$NNCONFORM_COCO_DIR); a folder that does not load fails the COCO cases; without one they skip")
+    add("--nnc-coco-subset", default=None, type=_coco_subset_size, metavar="N",
+        help="with --nnc-coco: evaluate the first N images in image-id order (labelled a subset)")
     add("--nnc-cache-dir", default=None, metavar="DIR",
         help="evaluation cache (default: <rootdir>/.cache/nnconform, or $NNCONFORM_CACHE_DIR)")
     add("--nnc-report-dir", default=None, metavar="DIR",
@@ -191,8 +202,9 @@ def pytest_configure(config: pytest.Config) -> None:
         from .proposal.sandboxed import hide_paths
 
         # the run's data, caches and reports are never readable by proposal code, wherever they lie
-        hide_paths([*(config.getoption(o) for o in ("--nnc-data-dir", "--nnc-imagenet", "--nnc-cache-dir",
-                                                      "--nnc-report-dir")),
+        hide_paths([*(config.getoption(o) for o in ("--nnc-data-dir", "--nnc-imagenet", "--nnc-coco",
+                                                      "--nnc-cache-dir", "--nnc-report-dir")),
+                    os.environ.get("NNCONFORM_COCO_DIR"),
                     default_cache_dir(config.rootpath), default_report_dir(config.rootpath)])
     proposals = _load_proposals(config.getoption("--nnc-proposal"))
     anchors = config.getoption("--nnc-anchors")
@@ -200,6 +212,9 @@ def pytest_configure(config: pytest.Config) -> None:
         anchors = _proposal_anchors(proposals) or "default"
     if config.getoption("--nnc-imagenet-subset") and not config.getoption("--nnc-imagenet"):
         raise pytest.UsageError("--nnc-imagenet-subset needs --nnc-imagenet SOURCE (the smoke set has 20 images)")
+    if config.getoption("--nnc-coco-subset") and not (config.getoption("--nnc-coco") or
+                                                       os.environ.get("NNCONFORM_COCO_DIR")):
+        raise pytest.UsageError("--nnc-coco-subset needs --nnc-coco DIR (or $NNCONFORM_COCO_DIR)")
     if config.getoption("--nnc-proposal-only") and not proposals:
         raise pytest.UsageError("--nnc-proposal-only needs --nnc-proposal PATH")
     cache = config.getoption("--nnc-cache-dir")
@@ -221,6 +236,8 @@ def pytest_configure(config: pytest.Config) -> None:
         data_dir=config.getoption("--nnc-data-dir"),
         imagenet=config.getoption("--nnc-imagenet"),
         imagenet_subset=config.getoption("--nnc-imagenet-subset"),
+        coco=config.getoption("--nnc-coco") or os.environ.get("NNCONFORM_COCO_DIR") or None,
+        coco_subset=config.getoption("--nnc-coco-subset"),
         cache_dir=Path(cache) if cache else default_cache_dir(config.rootpath),
         report_dir=Path(report) if report else default_report_dir(config.rootpath),
         run_id=config.getoption("--nnc-run-id"),

@@ -63,6 +63,8 @@ class RunConfig:
     data_dir: str | None = None
     imagenet: str | None = None
     imagenet_subset: int | None = None  # --nnc-imagenet-subset: the class-balanced subset's size
+    coco: str | None = None  # --nnc-coco (or $NNCONFORM_COCO_DIR): a local COCO val2017 folder
+    coco_subset: int | None = None  # --nnc-coco-subset: its first N images in image-id order
     cache_dir: Path | None = None
     report_dir: Path | None = None
     run_id: str | None = None
@@ -227,7 +229,8 @@ class ConformanceSession:
             try:
                 ds = load_dataset(anchor.dataset, split, data_dir=self.config.data_dir,
                                   imagenet_source=self.config.imagenet, imagenet_subset=self.config.imagenet_subset,
-                                  cache_dir=self.config.cache_dir)
+                                  cache_dir=self.config.cache_dir, coco_source=self.config.coco,
+                                  coco_subset=self.config.coco_subset)
             except DatasetLoadError as exc:  # the source the user named: its cases fail with the reason
                 self._datasets[key] = exc
                 raise

@@ -5,9 +5,11 @@ A detector's output is one fixed-shape tensor ``[N, L, 4 + C]`` per batch: per l
 (x1, y1, x2, y2 in input pixels) and ``C`` class logits. The task decodes it (sigmoid scores, score
 threshold, top-k candidates, boxes without area dropped, class-wise NMS with ``torchvision.ops.batched_nms``, at most
 ``max_detections`` per image) and matches the detections to the ground truth exactly as pycocotools'
-COCOeval does for bounding boxes (area range "all", 100 detections, no crowd regions): per image and
+COCOeval does for bounding boxes (area range "all", 100 detections): per image and
 class, detections by descending score greedily take the unmatched ground-truth box of highest IoU >= t,
-for t in 0.50:0.05:0.95. Per image it keeps the match table (score, class, a TP flag per threshold)
+for t in 0.50:0.05:0.95. Crowd regions (a ground truth's ``crowd_boxes``/``crowd_classes``, COCO's
+``iscrowd``) are no ground truth: a detection matching no regular box but overlapping a crowd region of
+its class by >= t (intersection over the detection's area) is ignored at t, as COCOeval ignores it. Per image it keeps the match table (score, class, a TP flag per threshold)
 and the ground-truth count per class; AP is COCO's 101-point interpolated precision, averaged over
 classes with ground truth and over thresholds.
 
@@ -76,12 +78,42 @@ def match_image(det_boxes: np.ndarray, det_scores: np.ndarray, det_labels: np.nd
     return np.concatenate(order_all), np.concatenate(tp_all)
 
 
-def average_precision(weights: np.ndarray, images: np.ndarray, tp: np.ndarray, gt_counts: np.ndarray) -> np.ndarray:
+def crowd_overlap(dets: np.ndarray, crowd: np.ndarray) -> np.ndarray:
+    """[D, M] intersection over the detection's area: pycocotools' IoU against a crowd region (iscrowd=1)."""
+    d = np.asarray(dets, np.float64).reshape(-1, 4)
+    g = np.asarray(crowd, np.float64).reshape(-1, 4)
+    iw = np.minimum(d[:, None, 2], g[None, :, 2]) - np.maximum(d[:, None, 0], g[None, :, 0])
+    ih = np.minimum(d[:, None, 3], g[None, :, 3]) - np.maximum(d[:, None, 1], g[None, :, 1])
+    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    with np.errstate(divide="ignore", invalid="ignore"):  # an area-less detection (decoding drops those)
+        return inter / ((d[:, 2] - d[:, 0]) * (d[:, 3] - d[:, 1]))[:, None]
+
+
+def crowd_ignored(det_boxes: np.ndarray, det_labels: np.ndarray, order: np.ndarray, tp: np.ndarray,
+                  crowd_boxes: np.ndarray, crowd_labels: np.ndarray) -> np.ndarray:
+    """[len(order), T]: which kept detections COCOeval ignores at each IoU threshold: not matched to a regular
+    box there, and overlapping a crowd region of their class by >= the threshold (crowd regions take any number
+    of detections; a regular box is always preferred, as COCOeval sorts ignored ground truth last)."""
+    ignored = np.zeros_like(tp)
+    crowd_labels = np.asarray(crowd_labels, np.int64)
+    for c in np.unique(crowd_labels):
+        rows = np.nonzero(det_labels[order] == c)[0]
+        if not len(rows):
+            continue
+        best = crowd_overlap(det_boxes[order[rows]], crowd_boxes[crowd_labels == c]).max(axis=1)  # [d]
+        thresholds = np.minimum(IOU_THRESHOLDS, 1 - 1e-10)
+        ignored[rows] = (best[:, None] >= thresholds[None]) & ~tp[rows]
+    return ignored
+
+
+def average_precision(weights: np.ndarray, images: np.ndarray, tp: np.ndarray, gt_counts: np.ndarray,
+                      ignored: np.ndarray | None = None) -> np.ndarray:
     """COCO AP of one class at each IoU threshold, for each row of image ``weights`` [R, N].
 
     ``images`` [D] and ``tp`` [D, T] are the class's detections sorted by descending score; ``gt_counts`` [N]
-    its ground-truth boxes per image. Returns [R, T]; NaN where the weighted ground-truth count is 0 (COCO
-    leaves such a class out)."""
+    its ground-truth boxes per image; ``ignored`` [D, T] the detections COCOeval ignores per threshold (crowd
+    regions): they are neither true nor false positives. Returns [R, T]; NaN where the weighted ground-truth
+    count is 0 (COCO leaves such a class out)."""
     npos = weights @ gt_counts.astype(np.float64)                      # [R]
     out = np.full((weights.shape[0], tp.shape[1]), np.nan)
     has = npos > 0
@@ -99,9 +131,10 @@ def average_precision(weights: np.ndarray, images: np.ndarray, tp: np.ndarray, g
         if len(hits) == 0:
             out[has, ti] = 0.0
             continue
+        counted = seen if ignored is None or not ignored[:, ti].any() else np.cumsum(w * ~ignored[:, ti], axis=1)
         ctp = np.cumsum(w[:, hits], axis=1)
         recall = ctp / npos
-        precision = ctp / (seen[:, hits] + _EPS)  # = tp / (tp + fp + eps), as COCOeval.accumulate
+        precision = ctp / (counted[:, hits] + _EPS)  # = tp / (tp + fp + eps), as COCOeval.accumulate
         envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
         # each recall threshold takes the envelope at the first detection whose recall reaches it
         reached = np.searchsorted(RECALL_THRESHOLDS, recall, side="right")
@@ -158,12 +191,18 @@ class DetectionTask(Task):
             found.append((boxes[kept].numpy(), s[kept].numpy(), labels[kept].numpy().astype(np.int64)))
         return found
 
+    def output_classes(self, outputs: torch.Tensor) -> int:
+        """The number of classes of the outputs (their width less the 4 box values)."""
+        return outputs.shape[2] - 4
+
     def scores(self, outputs: torch.Tensor, labels: Sequence[Any]) -> SampleScores:
-        """Per image: the match table of its detections (score, class, TP per IoU threshold) and its
-        ground-truth count per class. ``labels``: per image an object with ``boxes`` [k, 4] and ``classes`` [k]."""
+        """Per image: the match table of its detections (score, class, TP per IoU threshold; with crowd regions
+        also which are ignored per threshold) and its ground-truth count per class. ``labels``: per image an
+        object with ``boxes`` [k, 4] and ``classes`` [k] (and optionally ``crowd_boxes``, ``crowd_classes``)."""
         if len(labels) != outputs.shape[0]:
             raise ValueError(f"detection: {outputs.shape[0]} outputs but {len(labels)} ground truths")
-        num_classes = outputs.shape[2] - 4
+        num_classes = self.output_classes(outputs)
+        det_ignored, any_crowd = [], False
         gt_counts = np.zeros((len(labels), num_classes), np.int64)
         det_scores, det_labels, det_tp = [], [], []
         for i, ((boxes, sc, lab), gt) in enumerate(zip(self.decode(outputs), labels)):
@@ -173,15 +212,25 @@ class DetectionTask(Task):
                                  f"model's {num_classes} classes")
             gt_counts[i] = np.bincount(gcls, minlength=num_classes)
             order, tp = match_image(boxes, sc, lab, np.asarray(gt.boxes, np.float32), gcls, self.max_detections)
+            crowd_cls = np.asarray(getattr(gt, "crowd_classes", ()), np.int64)
+            if len(crowd_cls):
+                any_crowd = True
+                det_ignored.append(crowd_ignored(boxes, lab, order, tp, np.asarray(gt.crowd_boxes, np.float32),
+                                                 crowd_cls))
+            else:
+                det_ignored.append(np.zeros_like(tp))
             det_scores.append(sc[order].astype(np.float64))
             det_labels.append(lab[order])
             det_tp.append(tp)
         obj = lambda xs: np.array(xs + [None], dtype=object)[:-1]  # noqa: E731 (1-D object array of arrays)
-        return SampleScores(self.name, {"gt_counts": gt_counts, "det_scores": obj(det_scores),
-                                        "det_labels": obj(det_labels), "det_tp": obj(det_tp)})
+        columns = {"gt_counts": gt_counts, "det_scores": obj(det_scores), "det_labels": obj(det_labels),
+                   "det_tp": obj(det_tp)}
+        if any_crowd:  # only then: every other dataset's scores keep their columns
+            columns["det_ignored"] = obj(det_ignored)
+        return SampleScores(self.name, columns)
 
-    def _class_tables(self, scores: SampleScores) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Per class (images [D], tp [D, T], gt_counts [N]) with detections in COCOeval's global order: images in
+    def _class_tables(self, scores: SampleScores) -> list[tuple]:
+        """Per class (images [D], tp [D, T], gt_counts [N], ignored [D, T] or None) with detections in COCOeval's global order: images in
         order, each image's by descending score, then a stable sort by descending score. Built once per scores."""
         cached = self._tables.get(id(scores))
         if cached is not None and cached[0] is scores:
@@ -194,11 +243,12 @@ class DetectionTask(Task):
         s = cat("det_scores", np.zeros(0))
         lab = cat("det_labels", np.zeros(0, np.int64))
         tp = cat("det_tp", np.zeros((0, len(IOU_THRESHOLDS)), bool))
+        ig = cat("det_ignored", np.zeros((0, len(IOU_THRESHOLDS)), bool)) if "det_ignored" in scores.columns else None
         tables = []
         for c in range(num_classes):
             idx = np.nonzero(lab == c)[0]
             idx = idx[np.argsort(-s[idx], kind="mergesort")]
-            tables.append((images[idx], tp[idx], gt_counts[:, c]))
+            tables.append((images[idx], tp[idx], gt_counts[:, c], None if ig is None else ig[idx]))
         if len(self._tables) >= 8:
             self._tables.pop(next(iter(self._tables)))
         self._tables[id(scores)] = (scores, tables)
@@ -208,7 +258,7 @@ class DetectionTask(Task):
         """Mean AP over classes at each IoU threshold, for each row of image ``weights`` [R, N]: [R, T]."""
         tables = self._class_tables(scores)
         weights = np.asarray(weights, np.float64).reshape(-1, scores.n)
-        aps = np.stack([average_precision(weights, img, tp, gtc) for img, tp, gtc in tables])  # [C, R, T]
+        aps = np.stack([average_precision(weights, img, tp, gtc, ig) for img, tp, gtc, ig in tables])  # [C, R, T]
         with np.errstate(invalid="ignore"), np.testing.suppress_warnings() as sup:
             sup.filter(RuntimeWarning)
             return np.nanmean(aps, axis=0)
