@@ -243,12 +243,44 @@ def test_random_ssdlite_end_to_end_matches_pycocotools(coco_dir, tmp_path):
     for i, im in enumerate(ds.image_ids):  # boxes lie in each image's own pixels (torchvision maps them back)
         width = next(x["width"] for x in data["images"] if x["id"] == im)
         assert float(result.outputs[i, valid[i], 2].max()) <= width + 1e-3
-    ap, ap50 = _coco_eval(json.loads((root / ANNOTATIONS).read_text()),
-                          _results(result.task, result.outputs, ds.image_ids), ds.image_ids)
+    gt = json.loads((root / ANNOTATIONS).read_text())
+    ap, ap50 = _coco_eval(gt, _results(result.task, result.outputs, ds.image_ids), ds.image_ids)
     assert result.metric == pytest.approx(ap, abs=1e-9)
     assert result.task.map50(result.scores) == pytest.approx(ap50, abs=1e-9)
-    again = Evaluator(tmp_path / "cache").evaluate(model, ds, anchor.preprocess)  # from the on-disk cache
-    assert torch.equal(again.outputs, result.outputs) and again.metric == result.metric
+    cached = Evaluator(tmp_path / "cache")
+    again = cached.evaluate(model, ds, anchor.preprocess)  # from the on-disk cache: the model can be fingerprinted
+    assert cached.hits == 1 and torch.equal(again.outputs, result.outputs) and again.metric == result.metric
+
+    # random weights find nothing; with the box regression at zero (detections are SSD's prior boxes) and only the
+    # folder's most frequent class scored, some priors match an object at IoU >= 0.5 -- which needs the boxes
+    # mapped back to each image's own pixels -- and the figures still equal COCOeval's
+    top = np.bincount(np.concatenate([g.classes for g in ds.labels])).argmax()
+    with torch.no_grad():
+        for p in model.model.head.regression_head.parameters():
+            p.zero_()
+        for block in model.model.head.classification_head.module_list:
+            conv = [m for m in block.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+            conv.bias.copy_(torch.where(torch.arange(conv.out_channels) % 91 == top, 4.0, -4.0))
+    primed = Evaluator(None).evaluate(model, ds, anchor.preprocess)
+    ap, ap50 = _coco_eval(gt, _results(primed.task, primed.outputs, ds.image_ids), ds.image_ids)
+    assert ap50 > 0
+    assert primed.metric == pytest.approx(ap, abs=1e-9)
+    assert primed.task.map50(primed.scores) == pytest.approx(ap50, abs=1e-9)
+
+
+def test_torchvision_detectors_can_be_fingerprinted():
+    """The evaluation cache key reads torchvision's helper objects (BoxCoder, Matcher): equal models share it, a
+    changed box-coder weight does not."""
+    from nnconform.model_identity import model_content_sha256
+
+    anchor = get_anchor("tv-fasterrcnn-mobilenet-v3-large-fpn")
+    torch.manual_seed(1)
+    a = anchor.build_architecture()
+    torch.manual_seed(1)
+    b = anchor.build_architecture()
+    assert model_content_sha256(a) == model_content_sha256(b)
+    b.model.roi_heads.box_coder.weights = (10.0, 10.0, 5.0, 4.0)
+    assert model_content_sha256(a) != model_content_sha256(b)
 
 
 def _torchvision_pretrained_architecture(anchor):

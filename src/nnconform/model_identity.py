@@ -80,6 +80,11 @@ def _feed(h, where: str, value) -> None:
         for k in sorted(value, key=repr):
             _feed(h, f"{where} key", k)
             _feed(h, f"{where}[{k!r}]", value[k])
+    elif type(value).__module__ == "torchvision.models.detection._utils" and hasattr(value, "__dict__"):
+        # torchvision detectors' helpers (BoxCoder, Matcher, SSDMatcher, BalancedPositiveNegativeSampler) are
+        # plain parameter holders: their class's code and their attributes are all they compute from
+        h.update(f"object:{code_identity(type(value))}".encode())
+        _feed(h, f"{where}.__dict__", dict(vars(value)))
     else:
         raise Uncacheable(f"{where} holds a {type(value).__module__}.{type(value).__qualname__}, which the "
                           "fingerprint cannot read")

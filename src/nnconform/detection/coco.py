@@ -187,7 +187,8 @@ def _ground_truth(path: Path, data: dict) -> tuple[list[dict], dict[int, CocoGro
             x, y, w, h = (float(v) for v in a["bbox"])
             if not (w >= 0 and h >= 0):
                 raise ValueError(f"annotation {a.get('id')!r}: bbox {a['bbox']} has a negative size")
-            per_image[int(a["image_id"])].append(([x, y, x + w, y + h], int(a["category_id"]), bool(a.get("iscrowd", 0))))
+            crowd = bool(a.get("iscrowd", 0))
+            per_image[int(a["image_id"])].append(([x, y, x + w, y + h], int(a["category_id"]), crowd))
         for im in images:
             if not isinstance(im.get("file_name"), str) or os.sep in im["file_name"] or im["file_name"].startswith("."):
                 raise ValueError(f"image {im.get('id')!r}: file_name {im.get('file_name')!r} is not a plain file name")

@@ -9,9 +9,9 @@ COCOeval does for bounding boxes (area range "all", 100 detections): per image a
 class, detections by descending score greedily take the unmatched ground-truth box of highest IoU >= t,
 for t in 0.50:0.05:0.95. Crowd regions (a ground truth's ``crowd_boxes``/``crowd_classes``, COCO's
 ``iscrowd``) are no ground truth: a detection matching no regular box but overlapping a crowd region of
-its class by >= t (intersection over the detection's area) is ignored at t, as COCOeval ignores it. Per image it keeps the match table (score, class, a TP flag per threshold)
-and the ground-truth count per class; AP is COCO's 101-point interpolated precision, averaged over
-classes with ground truth and over thresholds.
+its class by >= t (intersection over the detection's area) is ignored at t, as COCOeval ignores it. Per
+image it keeps the match table (score, class, a TP flag per threshold) and the ground-truth count per class;
+AP is COCO's 101-point interpolated precision, averaged over classes with ground truth and over thresholds.
 
 The paired bootstrap resamples images: a resample is a weight per image (its multiplicity in the draw)
 applied to the per-class tables sorted once by score, so each resample's mAP is a weighted cumulative
@@ -230,8 +230,9 @@ class DetectionTask(Task):
         return SampleScores(self.name, columns)
 
     def _class_tables(self, scores: SampleScores) -> list[tuple]:
-        """Per class (images [D], tp [D, T], gt_counts [N], ignored [D, T] or None) with detections in COCOeval's global order: images in
-        order, each image's by descending score, then a stable sort by descending score. Built once per scores."""
+        """Per class (images [D], tp [D, T], gt_counts [N], ignored [D, T] or None) with detections in COCOeval's
+        global order: images in order, each image's by descending score, then a stable sort by descending score.
+        Built once per scores."""
         cached = self._tables.get(id(scores))
         if cached is not None and cached[0] is scores:
             return cached[1]
