@@ -134,7 +134,7 @@ def trace_entry(anchor_name: str) -> CatalogueEntry:
     from .cuts import SplitTraceError
 
     anchor = get_anchor(anchor_name)
-    if anchor.family == "onnx":  # the graph's node cuts; a file that is absent gives no cuts, and says why
+    if getattr(anchor, "family", None) == "onnx":  # graph node cuts; an absent file: no cuts, and why
         from ..anchors import WeightsUnavailable
         from ..onnxgraph.splitgraph import OnnxSplitGraph
 
