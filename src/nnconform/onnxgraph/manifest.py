@@ -95,7 +95,8 @@ class OnnxAnchor:
             raise OnnxUnavailable(
                 f"{self.name}: ONNX file {self.file} ({self.size_bytes:,} bytes, sha256 {self.sha256}) is not in "
                 f"{path.parent}; download {self.source} and put it there as {self.file} (the folder is "
-                f"<--nnc-data-dir>/onnx, else ${ENV_DIR}, else ~/.cache/nnconform/onnx)")
+                f"<data dir>/onnx when the node-table CLI is given --data-dir, else ${ENV_DIR}, else "
+                f"~/.cache/nnconform/onnx)")
         found = path.stat().st_size
         if found != self.size_bytes:  # cheaper than hashing half a gigabyte, and says what happened
             raise OnnxFileError(f"{path}: {found:,} bytes, but {self.file} is {self.size_bytes:,} bytes "
