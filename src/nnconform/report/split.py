@@ -229,8 +229,9 @@ def _node_tables(recs) -> list[str]:
                                     + [f"{'x'.join(map(str, by_size[z]['tensors'][k]['shape']))}: "
                                        f"{by_size[z]['tensors'][k]['bytes']:,}" if z in by_size else "n/a"
                                        for z in sizes])
+            per_branch = " (shape: bytes per branch)" if any(row[1] != 1 for row in rows if row[0]) else ""
             out += [f"Intermediate data per input at each input size (coded cuts; shapes by propagating a random input "
-                    f"of each size, no data): bytes per input{' (shape: bytes per branch)' if any(r_[1] != 1 for r_ in rows if r_[0]) else ''}.",
+                    f"of each size, no data): bytes per input{per_branch}.",
                     "", md_table(["cut", "branches", "tensor"] + [f"@{z}{unit}" for z in sizes], rows), ""]
     return out
 

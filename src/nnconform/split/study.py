@@ -6,9 +6,11 @@ Each sample is coded on its own, as a device would send it: bits per sample are 
 real payloads that were decoded back and evaluated. A cut crossing several tensors (FPN levels, a residual
 block's two branches) is coded twice per operating point: per tensor (a payload per tensor, the sample's bits
 summed) and jointly (every tensor of the sample in ONE payload, :meth:`FeatureCodec.encode_joint`); the joint
-results are kept apart (:attr:`SplitStudy.joint`), so every per-tensor figure is what it was. A codec that breaks the protocol (wrong
-shape or dtype, NaN, non-deterministic bytes, an undecodable payload, an exception) stops only
-its own (cut, point) pair; the error and its traceback are kept for that case's record.
+results are kept apart (:attr:`SplitStudy.joint`), so every per-tensor figure is what it was.
+
+A codec that breaks the protocol (wrong shape or dtype, NaN, non-deterministic bytes, an undecodable
+payload, an exception) stops only its own (cut, point) pair, in its own mode; the error and its
+traceback are kept for that case's record.
 """
 
 from __future__ import annotations
