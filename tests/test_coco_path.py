@@ -370,3 +370,27 @@ def test_task_refuses_other_outputs():
     bad[0, 0, 5] = 91
     with pytest.raises(ValueError, match="labels outside -1..90"):
         task.check_outputs(bad, 2)
+
+
+def test_conformance_run_with_a_broken_folder_fails_naming_the_file(tmp_path, fmnist_module):
+    """End to end: the COCO anchor's accuracy case fails with the loader's message (no skip, nothing else used);
+    --nnc-coco-subset without a folder is a usage error."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _write_folder(tmp_path / "coco", fmnist_module)
+    (tmp_path / "coco" / ANNOTATIONS).write_text("{")
+    root = Path(__file__).resolve().parents[1]
+    base = [sys.executable, "-m", "pytest", str(root / "conformance" / "test_anchors.py"), "-p", "no:cacheprovider",
+            "-q", "--nnc-anchors", "tv-ssdlite320-mobilenet-v3-large", "--nnc-threads", "1", "--nnc-cache-dir",
+            str(tmp_path / "cache"), "--nnc-no-report", "-k", "documented_accuracy"]
+    env = {k: v for k, v in __import__("os").environ.items() if k != "NNCONFORM_COCO_DIR"}
+    proc = subprocess.run(base + ["--nnc-coco", str(tmp_path / "coco")], capture_output=True, text=True, cwd=root,
+                          timeout=600, env=env)
+    assert proc.returncode == 1, proc.stdout[-2000:]
+    assert "DatasetLoadError" in proc.stdout and "verdict: FAIL" in proc.stdout
+    assert "instances_val2017.json: not a readable JSON file" in proc.stdout
+    usage = subprocess.run(base + ["--nnc-coco-subset", "10"], capture_output=True, text=True, cwd=root, timeout=600,
+                           env=env)
+    assert usage.returncode == 4 and "--nnc-coco-subset needs --nnc-coco DIR" in usage.stderr
