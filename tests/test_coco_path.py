@@ -104,7 +104,7 @@ def test_loader_reads_the_folder(coco_dir):
     assert load_coco_val(root).fingerprint == ds.fingerprint
     sub = load_coco_val(root, subset=3)
     assert sub.image_ids == ds.image_ids[:3] and sub.fingerprint != ds.fingerprint
-    assert any("subset: 3 of COCO val2017's 5000" in n for n in sub.notes)
+    assert any("subset: 3 of COCO val2017's 5000" in n for n in sub.notes) and sub.smoke
 
 
 def test_fingerprint_follows_image_bytes(tmp_path, fmnist_module):
@@ -250,6 +250,11 @@ def test_random_ssdlite_end_to_end_matches_pycocotools(coco_dir, tmp_path):
     cached = Evaluator(tmp_path / "cache")
     again = cached.evaluate(model, ds, anchor.preprocess)  # from the on-disk cache: the model can be fingerprinted
     assert cached.hits == 1 and torch.equal(again.outputs, result.outputs) and again.metric == result.metric
+    # 6 images: the anchor's accuracy is a smoke check, and random weights are far from the documented 21.3%
+    from nnconform.anchor_checks import check_documented_accuracy
+
+    rec = check_documented_accuracy(anchor, ds, result)
+    assert rec.check_id == "anchor.accuracy_smoke" and not rec.passed and "SMOKE CHECK on 6" in rec.message
 
     # random weights find nothing; with the box regression at zero (detections are SSD's prior boxes) and only the
     # folder's most frequent class scored, some priors match an object at IoU >= 0.5 -- which needs the boxes

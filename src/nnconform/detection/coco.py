@@ -211,7 +211,7 @@ def coco_source(source: str | os.PathLike | None = None) -> str | None:
 
 def load_coco_val(source: str | os.PathLike | None = None, *, subset: int | None = None) -> CocoDataset:
     """COCO val2017 from a local folder (``source``, else ``$NNCONFORM_COCO_DIR``): every image in id order, or
-    the first ``subset`` of them. No folder given: :class:`DatasetUnavailable` (the cases skip). A folder that
+    the first ``subset`` of them (fewer than val2017's 5,000 images: a smoke set). No folder given: :class:`DatasetUnavailable` (the cases skip). A folder that
     does not load (annotation file missing or invalid, an image missing): :class:`DatasetLoadError` naming the
     file (its cases fail; nothing else is used instead)."""
     folder = coco_source(source)
@@ -244,7 +244,9 @@ def load_coco_val(source: str | os.PathLike | None = None, *, subset: int | None
     notes = (f"ground truth: {sum(len(t) for t in labels)} boxes, {crowd} crowd regions (ignored as COCOeval does)",)
     if n < DOCUMENTED_EVAL_SIZE:
         notes += (f"subset: {n} of COCO val2017's {DOCUMENTED_EVAL_SIZE} images (first in image-id order); "
-                  f"documented box mAP is measured on all {DOCUMENTED_EVAL_SIZE}",)
+                  f"documented box mAP is measured on all {DOCUMENTED_EVAL_SIZE}, so a subset is judged as a smoke "
+                  f"check (the documented mAP inside the 95% bootstrap interval over images)",)
     return CocoDataset(name=COCO_DATASET, split="val", root=root, files=tuple(im["file_name"] for im in images),
                        image_ids=ids, labels=labels, classes=torchvision_categories(),
-                       source=f"COCO val2017 at {root} ({n} images)", fingerprint=fp, notes=notes)
+                       source=f"COCO val2017 at {root} ({n} images)", fingerprint=fp, notes=notes,
+                       smoke=n < DOCUMENTED_EVAL_SIZE)

@@ -78,7 +78,26 @@ def _detection_infos() -> list[DatasetInfo]:
         f"{n_train:,} training canvases (seed {seed_train}, items from Fashion-MNIST train) and {n_test:,} test "
         f"canvases (seed {seed_test}, items from Fashion-MNIST test)", "test",
         "MIT (built from Fashion-MNIST, Zalando Research)",
-        ("composed in memory from the Fashion-MNIST files (see `fashion-mnist`)",))]
+        ("composed in memory from the Fashion-MNIST files (see `fashion-mnist`)",)), _coco_info()]
+
+
+def _coco_info() -> DatasetInfo:
+    """COCO val2017 from the user's folder (:mod:`nnconform.detection.coco`)."""
+    from ..detection import coco
+
+    return DatasetInfo(
+        coco.COCO_DATASET,
+        "COCO 2017 validation (Lin et al. 2014, cocodataset.org): natural images with boxes of 80 object "
+        "categories, the set torchvision's detectors document their box mAP on. Labels are COCO category ids "
+        "(torchvision's 91-index label space: 'person' = 1 ... 'toothbrush' = 90), checked against torchvision's "
+        "list by id and name; boxes `[x, y, w, h]` become `x1, y1, x2, y2`; crowd regions (`iscrowd`) are no "
+        "ground truth and a detection on one is ignored, as COCOeval does. Images in image-id order; "
+        "`--nnc-coco-subset N` evaluates the first N (labelled a subset).",
+        f"{coco.DOCUMENTED_EVAL_SIZE:,} validation images (36,781 annotated objects, crowd regions included)", "val2017",
+        "annotations CC BY 4.0 (COCO Consortium); images under their Flickr licences; not redistributed",
+        (f"`--nnc-coco DIR` / `{coco.ENV_VAR}`: a folder holding `{coco.IMAGES}/*.jpg` and `{coco.ANNOTATIONS}` "
+         "(`val2017.zip` and `annotations_trainval2017.zip`); nothing is downloaded, a folder that does not load "
+         "fails the COCO cases naming the file",))
 
 
 def _speech_infos() -> list[DatasetInfo]:
