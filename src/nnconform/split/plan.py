@@ -191,6 +191,8 @@ class SplitPlan:
     kpis: Mapping[str, Kpi]
     published: Mapping[str, PublishedSizes] = field(default_factory=dict)
     version: int = PLAN_VERSION
+    #: anchor -> the families coded on its cuts (``[cuts.<anchor>] families``); an anchor not listed codes every one
+    cut_families: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def run(self, run_tier: str) -> RunSettings:
         """Settings of a run tier."""
@@ -238,6 +240,14 @@ class SplitPlan:
                                            "(default parameters)")
                     for name in kit.methods.installed_names(KIND) if name not in listed and name not in labels]
         return pts
+
+    def codes(self, anchor: str, point: SplitPoint, run_tier: str) -> bool:
+        """Whether ``point`` is coded on ``anchor``'s cuts in ``run_tier``: it applies to the anchor, and below the
+        full tier its family is one the anchor's cut table lists (a proposal's point always is)."""
+        if not point.applies_to(anchor):
+            return False
+        listed = self.cut_families.get(anchor)
+        return listed is None or run_tier == "full" or bool(point.proposal) or point.family in listed
 
     def cuts_for(self, anchor: str, run_tier: str) -> tuple[str, ...] | None:
         """Coded cut names for an anchor in a run tier; None means "choose from the catalogue"."""
@@ -338,13 +348,23 @@ def _families(root: Table) -> tuple[dict[str, tuple[SplitPoint, ...]], str]:
     return families, anchors[0]
 
 
-def _cuts(root: Table) -> dict[str, dict[str, tuple[str, ...]]]:
-    out = {}
+def _cuts(root: Table, families: Mapping[str, Any]) -> tuple[dict[str, dict[str, tuple[str, ...]]],
+                                                              dict[str, tuple[str, ...]]]:
+    out, coded_families = {}, {}
     cuts = root.table("cuts", {})
     for anchor in list(cuts.data):
         t = cuts.table(anchor)
         table = {}
-        for run_tier in list(t.data):
+        if "families" in t.data:  # an expensive anchor codes fewer curves (each coded point costs a task gate)
+            names = t.list("families", str)
+            for i, name in enumerate(names):
+                if name not in families:
+                    raise PlanError(f"{t.at('families')}[{i}]: {name!r} is no family of the plan "
+                                    f"({', '.join(sorted(families))})")
+            if not names:
+                raise PlanError(f"{t.at('families')}: an empty family list")
+            coded_families[anchor] = tuple(names)
+        for run_tier in [k for k in t.data if k != "families"]:
             if run_tier not in kit.RUN_TIERS[:-1]:
                 raise PlanError(f"{t.at(run_tier)}: {run_tier!r} is not a run tier with a cut list "
                                 f"({', '.join(kit.RUN_TIERS[:-1])}; the full tier codes every single cut)")
@@ -354,7 +374,7 @@ def _cuts(root: Table) -> dict[str, dict[str, tuple[str, ...]]]:
             table[run_tier] = tuple(names)
         t.done()
         out[anchor] = table
-    return out
+    return out, coded_families
 
 
 def _profiles(root: Table):
@@ -444,9 +464,11 @@ def parse_plan(root: Table) -> SplitPlan:
         raise PlanError(f"{run_t.where}: missing [run.{missing[0]}]")
     families, anchor_family = _families(root)
     devices, servers, links = _profiles(root)
-    plan = SplitPlan(path=root.where, runs=runs, families=families, anchor_family=anchor_family, cuts=_cuts(root),
+    cuts, cut_families = _cuts(root, families)
+    plan = SplitPlan(path=root.where, runs=runs, families=families, anchor_family=anchor_family, cuts=cuts,
                      resolutions=_resolutions(root), devices=devices, servers=servers, links=links,
-                     scenarios=_scenarios(root, devices, servers, links), kpis=_kpis(root), published=_published(root))
+                     scenarios=_scenarios(root, devices, servers, links), kpis=_kpis(root), published=_published(root),
+                     cut_families=cut_families)
     root.done()
     return plan
 

@@ -95,7 +95,7 @@ def coded_cases(plan: SplitPlan, anchor: str, run_tier: str,
     cases = []
     for cut, cut_tier in coded_cuts(plan, anchor, run_tier, entry).items():
         for p in plan.points_for(run_tier):
-            if p.applies_to(anchor):
+            if plan.codes(anchor, p, run_tier):
                 cases.append(CodedCase(anchor, cut, p, kit.later(cut_tier, None if p.proposal else p.run_tier)))
     return cases
 

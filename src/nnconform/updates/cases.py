@@ -53,7 +53,7 @@ def codec_cases(plan: UpdatePlan, pairs: Iterable[LineagePair], *, evaluates: bo
             continue
         for point in plan.points:
             if point.applies_to(pair.anchor):
-                tier = kit.later(pair_tier, point.run_tier)
+                tier = kit.later(pair_tier, plan.point_run_tier(pair.anchor, point))
                 if evaluates:
                     tier = plan.eval_run_tier(pair.anchor, tier)
                 yield Case(f"{pair.id}-{point.label}", (pair.anchor, pair, point), tier)
@@ -65,7 +65,8 @@ def latest_pair_cases(plan: UpdatePlan, pairs: Iterable[LineagePair]) -> Iterato
         if pair.kind == "latest":
             for point in plan.points:
                 if point.applies_to(pair.anchor):
-                    yield Case(f"{pair.id}-{point.label}", (pair.anchor, pair, point), point.run_tier)
+                    yield Case(f"{pair.id}-{point.label}", (pair.anchor, pair, point),
+                               plan.point_run_tier(pair.anchor, point))
 
 
 def artifact_cases(plan: UpdatePlan, pairs: Iterable[LineagePair], artifacts) -> Iterator[Case]:

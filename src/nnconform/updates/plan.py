@@ -159,6 +159,16 @@ class UpdatePlan:
     quick_eval_lineages: tuple[str, ...] | None = None
     #: the ``[nnc_lineage]`` table: nnc points coding whole lineages (:mod:`.lineage`)
     nnc_lineage: Any = None
+    #: ``[lineage_points]``: lineage -> labels of the points coded on it below the full tier (others: full only)
+    lineage_points: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+    def point_run_tier(self, anchor: str, point: "UpdatePoint") -> str:
+        """The lowest run tier of ``point`` on ``anchor``'s lineage: its own, or ``full`` when the anchor lists the
+        points it codes below the full tier and this one is not among them (a proposal's point never is held back)."""
+        listed = self.lineage_points.get(anchor)
+        if listed is None or point.proposal or point.label in listed:
+            return point.run_tier
+        return kit.RUN_TIERS[-1]
 
     def eval_run_tier(self, anchor: str, run_tier: str) -> str:
         """The run tier of a case of ``anchor`` that evaluates models and would otherwise run from ``run_tier``."""
@@ -273,18 +283,38 @@ def parse_plan(root: kit.Table, *, known_lineages: Mapping[str, Any] | None = No
 
     nnc_lineage = parse_lineage_plan(root.table("nnc_lineage", {}), points,
                                      lineages() if known_lineages is None else known_lineages)
+    lineage_points = _lineage_points(root.table("lineage_points", {}), points,
+                                     lineages() if known_lineages is None else known_lineages)
     root.done()
     return UpdatePlan(pair_kinds, points, root.where, benchmark,
-                      tuple(quick_eval) if quick_eval is not None else None, nnc_lineage)
+                      tuple(quick_eval) if quick_eval is not None else None, nnc_lineage, lineage_points)
+
+
+def _lineage_points(t: kit.Table, points, known) -> dict[str, tuple[str, ...]]:
+    """``[lineage_points]``: per lineage, the labels of the points coded on it below the full tier."""
+    labels = {p.label for p in points}
+    out = {}
+    for anchor in list(t.data):
+        if anchor not in known:
+            raise PlanError(f"{t.at(anchor)}: {anchor!r} is not an anchor with a lineage{_close(anchor, known)}")
+        names = t.list(anchor, str)
+        for i, name in enumerate(names):
+            if name not in labels:
+                raise PlanError(f"{t.at(anchor)}[{i}]: {name!r} is not an operating point{_close(name, labels)}")
+        out[anchor] = tuple(names)
+    t.done()
+    return out
 
 
 @functools.lru_cache(maxsize=1)
 def _repository_plan() -> UpdatePlan:
-    return parse_plan(kit.read_plan("updates", version=PLAN_VERSION, tables=("pairs", "points", "benchmark", "nnc_lineage")))
+    return parse_plan(kit.read_plan("updates", version=PLAN_VERSION, tables=("pairs", "points", "benchmark", "nnc_lineage",
+                                                                            "lineage_points")))
 
 
 def load_plan(path: str | Path | None = None) -> UpdatePlan:
     """The update plan from ``anchors/updates.toml`` (read once per process), or from ``path``."""
     if path is None:
         return _repository_plan()
-    return parse_plan(kit.read_plan("updates", path, version=PLAN_VERSION, tables=("pairs", "points", "benchmark", "nnc_lineage")))
+    return parse_plan(kit.read_plan("updates", path, version=PLAN_VERSION, tables=("pairs", "points", "benchmark", "nnc_lineage",
+                                                                                 "lineage_points")))
