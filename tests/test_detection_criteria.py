@@ -5,6 +5,7 @@ Each gate is shown failing on a bad input."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from types import SimpleNamespace
 
@@ -166,3 +167,234 @@ def test_nan_template_poisons_what_an_artifact_carries_only():
     t = poisoned_template(_Grid())
     assert torch.isnan(t.lin.weight).all() and torch.isnan(t.lin.bias).all() and torch.isnan(t.scale).all()
     assert torch.equal(t.grid, torch.arange(4.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# compression.artifact_consistency on a detector: torch-int8 keeps the anchor-point grid, AIMET's QuantSim leaves the
+# in-model box decoding in float (float_postprocess), and an artifact that really differs still fails.
+
+DET_SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def tiny_detector():
+    """A TinyFPNDetector on 32x32 canvases with trained-looking statistics, its calibration images and context."""
+    import tempfile
+    from pathlib import Path
+
+    from nnconform.compress.base import CalibrationSet, CompressionContext
+    from nnconform.detection.model import TinyFPNDetector
+
+    torch.manual_seed(0)
+    model = TinyFPNDetector(num_classes=3, size=DET_SIZE, widths=(4, 8, 8, 8), fpn=8)
+    images = torch.rand(16, 1, DET_SIZE, DET_SIZE, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():  # BatchNorm statistics of the calibration images, so activations have sane ranges
+        model.train()
+        model(images)
+    model.eval()
+    cal = CalibrationSet("toy", "train", tuple(range(16)), images, torch.zeros(16, dtype=torch.long), "toy")
+    ctx = CompressionContext("toy-det", (1, DET_SIZE, DET_SIZE), 3, cal, Path(tempfile.mkdtemp(prefix="nnc-det-")))
+    return model, ctx
+
+
+@pytest.fixture(scope="module")
+def int8_detector(tiny_detector):
+    """torch-int8 on the tiny detector: the method and its compressed result (compressed once per module)."""
+    from nnconform.compress import compressor_class
+
+    model, ctx = tiny_detector
+    int8 = compressor_class("torch-int8")(compressor_class("torch-int8").Config(calibration_samples=16))
+    return int8, int8.compress(model, ctx)
+
+
+def _consistency(compressor, result, decoded, model, ctx, tolerance):
+    from nnconform.compress.checks import check_artifact_consistency, forward
+    from nnconform.compress.serialize import poisoned_template
+
+    x = ctx.calibration.images[:8]
+    return check_artifact_consistency("toy-det/x", compressor, result.artifact, decoded, x, forward(decoded, x),
+                                      forward(result.module, x), poisoned_template(model), ctx, tolerance)
+
+
+def test_int8_decode_keeps_the_anchor_point_grid(tiny_detector, int8_detector):
+    """torch-int8 decodes a detector whose boxes come from a non-persistent grid: the artifact's model is the
+    method's (boxes included); zeroing every buffer of the template once put every box at the origin."""
+    from nnconform.compress.serialize import poisoned_template
+
+    model, ctx = tiny_detector
+    int8, result = int8_detector
+    decoded = int8.decode(result.artifact, poisoned_template(model), ctx)
+    assert torch.equal(decoded.graph.locations, model.locations)
+    assert torch.equal(decoded.graph.location_strides, model.location_strides)
+    rec = _consistency(int8, result, decoded, model, ctx, 1e-4)
+    assert rec.status is Status.PASS, rec.message
+
+
+@pytest.mark.parametrize("defect", ["grid-lost", "other-weights"])
+def test_detector_artifact_that_differs_fails_consistency(tiny_detector, int8_detector, defect):
+    """A decoded detector that is not the method's model fails compression.artifact_consistency: one that lost
+    the anchor-point grid (the old int8 decoder), and one decoded from an artifact of other weights."""
+    from nnconform.compress.serialize import poisoned_template
+
+    model, ctx = tiny_detector
+    int8, result = int8_detector
+    if defect == "grid-lost":
+        decoded = int8.decode(result.artifact, poisoned_template(model), ctx)
+        with torch.no_grad():
+            decoded.graph.locations.zero_()
+            decoded.graph.location_strides.zero_()
+    else:
+        other = copy.deepcopy(model)
+        with torch.no_grad():
+            other.box_head.weight.mul_(-3.0)
+            other.cls_head.weight.mul_(-3.0)
+        decoded = int8.decode(int8.compress(other, ctx).artifact, poisoned_template(model), ctx)
+    rec = _consistency(int8, result, decoded, model, ctx, 1e-4)
+    assert rec.status is Status.FAIL and "does not encode the model" in rec.message, rec.message
+    assert rec.measured > 0.05
+
+
+def test_aimet_float_postprocess_leaves_box_decoding_unquantized(tiny_detector):
+    """AIMET W8A8 with float_postprocess: the quantizers after the heads (exp, stride, anchor points, the output
+    concatenation) are off, so boxes keep their pixel range, and the QDQ ONNX artifact matches QuantSim within the
+    method's tolerance; without it one 8-bit output range spans boxes and logits."""
+    from nnconform.compress import compressor_class
+    from nnconform.compress.base import CompressorUnavailable
+    from nnconform.compress.checks import forward
+    from nnconform.compress.serialize import poisoned_template
+
+    model, ctx = tiny_detector
+    cls = compressor_class("aimet-quant")
+    aimet = cls(cls.Config(calibration_samples=16, batch_size=16, float_postprocess=True))
+    try:
+        result = aimet.compress(model, ctx)
+    except CompressorUnavailable as exc:
+        pytest.skip(str(exc))
+    tail = result.metadata["float_postprocess"]
+    assert any("exp" in n for n in tail) and any("cat" in n for n in tail), tail
+    assert not any("head" in n for n in tail), tail  # the heads' own outputs stay quantized
+    decoded = aimet.decode(result.artifact, poisoned_template(model), ctx)
+    rec = _consistency(aimet, result, decoded, model, ctx, aimet.decode_tolerance)
+    assert rec.status is Status.PASS, rec.message
+    x = ctx.calibration.images[:8]
+    boxes_float, boxes_sim = forward(model, x)[..., :4], forward(result.module, x)[..., :4]
+    assert float(boxes_sim.max()) > 0.9 * float(boxes_float.max())
+
+
+# ---------------------------------------------------------------------------------------------
+# What the detector codes below the full tier: split.toml [cuts.<anchor>] families, updates.toml [lineage_points]
+
+DET = "fmnist-mosaic-det"
+
+
+def test_split_cut_families_limit_the_detector_below_the_full_tier():
+    from nnconform.split.plan import load_plan
+    from nnconform.split.runs import coded_cases
+
+    plan = load_plan()
+    listed = set(plan.cut_families[DET])
+    default = coded_cases(plan, DET, "default")
+    assert {c.point.family for c in default} == listed
+    assert {c.cut for c in default} == {"layer1", "smooth5"}
+    assert {c.point.family for c in coded_cases(plan, DET, "full")} == set(plan.families)  # full codes every family
+    other = coded_cases(plan, "fmnist-lenet5", "default")  # an anchor without a list codes every family
+    assert {c.point.family for c in other} == {p.family for p in plan.points_for("default")}
+
+
+def test_split_cut_families_refuse_an_unknown_family(tmp_path):
+    from nnconform.kit.plan import PlanError
+    from nnconform.paths import anchors_dir
+    from nnconform.split.plan import load_plan
+
+    text = (anchors_dir() / "split.toml").read_text()
+    assert 'families = ["raw", "uq-per-tensor", "uq-per-channel"]' in text
+    bad = tmp_path / "split.toml"
+    bad.write_text(text.replace('families = ["raw", "uq-per-tensor", "uq-per-channel"]',
+                                'families = ["raw", "uq-per-tensr"]'))
+    with pytest.raises(PlanError, match=r"cuts.fmnist-mosaic-det.families\[1\]: 'uq-per-tensr' is no family"):
+        load_plan(bad)
+
+
+def _update_plan(tmp_path, lineage_points: str):
+    from nnconform import kit
+    from nnconform.updates.plan import PLAN_VERSION, parse_plan
+
+    path = tmp_path / "updates.toml"
+    path.write_text(f"version = {PLAN_VERSION}\n" + '[pairs]\nquick = ["latest"]\ndefault = ["latest", "span"]\n' + """
+[[points]]
+codec = "quant"
+params = { bits = 8 }
+claimed_tier = "99%"
+run_tier = "quick"
+
+[[points]]
+codec = "quant"
+params = { bits = 4 }
+claimed_tier = "none"
+run_tier = "default"
+""" + lineage_points)
+    root = kit.read_plan("updates", path, version=PLAN_VERSION,
+                         tables=("pairs", "points", "benchmark", "nnc_lineage", "lineage_points"))
+    return parse_plan(root, known_lineages={"big": ("e1", "e2", "e3"), "small": ("e1", "e2")})
+
+
+def test_update_lineage_points_hold_the_others_back_to_full(tmp_path):
+    from nnconform.updates.cases import codec_cases
+    from nnconform.updates.plan import lineage_pairs
+
+    plan = _update_plan(tmp_path, '\n[lineage_points]\nbig = ["quant-8"]\n')
+    tiers = {c.id: c.run_tier for c in codec_cases(plan, lineage_pairs("big", ["e1", "e2", "e3"])
+                                                    + lineage_pairs("small", ["e1", "e2"]), evaluates=False)}
+    assert tiers["big-e2-e3-quant-8"] == "quick" and tiers["big-e2-e3-quant-4"] == "full"
+    assert tiers["small-e1-e2-quant-4"] == "default"  # a lineage without a list keeps every point's tier
+
+
+@pytest.mark.parametrize("table,match", [
+    ('big = ["quant-16"]', r"lineage_points.big\[0\]: 'quant-16' is not an operating point"),
+    ('bigg = ["quant-8"]', r"lineage_points.bigg: 'bigg' is not an anchor with a lineage"),
+])
+def test_update_lineage_points_refuse_unknown_names(tmp_path, table, match):
+    from nnconform.kit.plan import PlanError
+
+    with pytest.raises(PlanError, match=match):
+        _update_plan(tmp_path, f"\n[lineage_points]\n{table}\n")
+
+
+def test_resampled_map_is_remembered_by_content_only():
+    """The reference's half of every detection bootstrap is computed once: the same scores and draws give the
+    stored values; other scores (one detection's match flipped) or other draws are computed afresh."""
+    import numpy as np
+
+    from nnconform.tasks import get_task
+    from nnconform.tasks.base import SampleScores
+    from nnconform.tasks.detection import IOU_THRESHOLDS
+
+    def scores(flip: bool) -> SampleScores:
+        tp = [np.ones((2, len(IOU_THRESHOLDS)), bool), np.zeros((1, len(IOU_THRESHOLDS)), bool)]
+        if flip:
+            tp[1] = ~tp[1]
+        obj = lambda xs: np.array(xs + [None], dtype=object)[:-1]  # noqa: E731
+        return SampleScores("detection", {"gt_counts": np.array([[2, 0], [0, 1]]),
+                                          "det_scores": obj([np.array([0.9, 0.8]), np.array([0.7])]),
+                                          "det_labels": obj([np.array([0, 0]), np.array([1])]), "det_tp": obj(tp)})
+
+    task = get_task("detection")
+    draws = np.random.default_rng(0).integers(0, 2, size=(64, 2))
+    first = task.aggregate_resamples(scores(False), draws)
+    calls = []
+    real = type(task)._aggregate_resamples
+
+    def counted(self, s, d):
+        calls.append(1)
+        return real(self, s, d)
+
+    type(task)._aggregate_resamples = counted
+    try:
+        again = task.aggregate_resamples(scores(False), draws)
+        flipped = task.aggregate_resamples(scores(True), draws)
+        redrawn = task.aggregate_resamples(scores(False), draws[::-1].copy())
+    finally:
+        type(task)._aggregate_resamples = real
+    assert np.array_equal(first, again, equal_nan=True) and len(calls) == 2
+    assert not np.array_equal(first, flipped, equal_nan=True)
+    assert np.array_equal(np.sort(redrawn), np.sort(first))

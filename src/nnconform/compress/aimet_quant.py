@@ -194,7 +194,12 @@ class AimetQuantCompressor(Compressor):
         0 for AIMET's default (15,000 below 8-bit weights, 10,000 otherwise); ``adaround_samples``:
         images AdaRound optimizes on (AIMET recommends about 2,000); fewer of either is a *reduced*
         AdaRound, said so in the metadata and the report. ``include_encodings``: also ship AIMET's JSON
-        encodings (they repeat what the QDQ graph holds) and count their bytes.
+        encodings (they repeat what the QDQ graph holds) and count their bytes. ``float_postprocess``: the
+        ops after the network's last weighted layers (a detector's in-model box decoding: exp, stride, anchor
+        points, the concatenation of pixel boxes with logits) run unquantized, as a deployment runs its
+        post-processing in float; off, one 8-bit output quantizer spans boxes in pixels and logits alike (on
+        fmnist-mosaic-det it clipped every box at 14.9 px) and each rounding step of the box regression is
+        amplified by exp(.) * stride.
         """
 
         param_bw: int = 8
@@ -208,6 +213,7 @@ class AimetQuantCompressor(Compressor):
         adaround_samples: int = ADAROUND_RECOMMENDED_SAMPLES
         adaround_reg_param: float = 0.01
         include_encodings: bool = False
+        float_postprocess: bool = False
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -290,6 +296,7 @@ class AimetQuantCompressor(Compressor):
                     adaround = folder / "adaround.encodings"
                 sim = api["QuantSim"](prepared, dummy_input=dummy_dev, quant_scheme=scheme,
                                       default_param_bw=config.param_bw, default_output_bw=config.output_bw)
+                float_tail = unquantize_postprocess(sim.model) if config.float_postprocess else []
                 if adaround is not None:
                     # the current API for AdaRound's parameter encodings: loaded, frozen, kept by compute_encodings
                     encodings = json.loads(adaround.read_text())
@@ -324,7 +331,7 @@ class AimetQuantCompressor(Compressor):
         return CompressedModel(sim_model, artifact, artifact.nbytes, params=params, macs=macs, metadata={
             "opset": opset, "folded_batch_norms": len(folded_pairs or []), "cle": cle,
             "cle_summary": describe_cle(cle) if config.cle else "CLE off", "adaround": ada,
-            "calibration_samples": len(x_cal), "file_bytes": artifact.sizes(),
+            "calibration_samples": len(x_cal), "file_bytes": artifact.sizes(), "float_postprocess": float_tail,
             "encodings_bytes": len(encodings_json), "encodings_counted": config.include_encodings,
             "encodings_share": len(encodings_json) / (len(files["model.onnx"]) + len(encodings_json)),
             "encodings_weights_checked": checked,
@@ -338,6 +345,41 @@ class AimetQuantCompressor(Compressor):
         if config.include_encodings:
             check_encodings_match(data, artifact.file("model.encodings"), config.param_bw)
         return OnnxModule(data, optimization="basic").eval()
+
+
+def postprocess_nodes(graph_module: nn.Module) -> list[str]:
+    """Targets of the modules a traced model calls after its last weighted layers: the nodes of its torch.fx
+    graph from which no call of a module holding parameters is reachable (a detector's box decoding and the
+    concatenation of its outputs; nothing for a classifier ending in a Linear layer)."""
+    graph = getattr(graph_module, "graph", None)
+    if graph is None:
+        raise CompressionError("float_postprocess needs the prepared model's torch.fx graph (aimet prepare_model)")
+    modules = dict(graph_module.named_modules())
+
+    def holds_weights(module: nn.Module) -> bool:
+        # a QuantSim module's quantizers hold their ranges as parameters: those are no weights of the network
+        return any("quantizer" not in name for name, _ in module.named_parameters())
+
+    weighted: set = set()  # nodes with a weighted module call at or after them
+    for node in reversed(list(graph.nodes)):
+        own = node.op == "call_module" and holds_weights(modules[node.target])
+        if own or any(user in weighted for user in node.users):
+            weighted.add(node)
+    return [n.target for n in graph.nodes if n.op == "call_module" and n not in weighted]
+
+
+def unquantize_postprocess(sim_model: nn.Module) -> list[str]:
+    """Disable every input and output quantizer of the modules :func:`postprocess_nodes` finds in a QuantSim
+    model (they then run, and export, in float); returns their names."""
+    modules = dict(sim_model.named_modules())
+    names = postprocess_nodes(sim_model)
+    for name in names:
+        module = modules[name]
+        for attr in ("input_quantizers", "output_quantizers"):
+            quantizers = getattr(module, attr, None)
+            for i in range(len(quantizers or ())):
+                quantizers[i] = None
+    return names
 
 
 def check_encodings_match(onnx_bytes: bytes, encodings: bytes, param_bw: int) -> int:

@@ -229,10 +229,13 @@ class TorchInt8Compressor(Compressor):
         state = _unflatten_quantized_state(tensors, header["layout"])
         torch.backends.quantized.engine = "x86" if config.backend == "fbgemm" else config.backend
         # The quantized graph comes from the architecture's code; observers need finite weights to
-        # convert, so the (NaN) template is zeroed first. Every tensor is then loaded from the artifact.
+        # convert, so what the (NaN) template's state dict carries is zeroed first, and every such tensor
+        # is then loaded from the artifact. Non-persistent buffers the architecture builds itself (the
+        # detector's anchor-point grid and strides) are in no state dict, so no artifact restores them:
+        # they are kept as the template has them (zeroing them once put every box at the origin).
         blank = copy.deepcopy(template)
         with torch.no_grad():
-            for t in list(blank.parameters()) + list(blank.buffers()):
+            for t in blank.state_dict(keep_vars=True).values():
                 if t.is_floating_point():
                     t.zero_()
         shell = _fx_quantize(blank, torch.zeros(1, *ctx.input_shape), config.backend, lambda m: m(torch.zeros(1, *ctx.input_shape)))
