@@ -399,3 +399,17 @@ def test_conformance_run_with_a_broken_folder_fails_naming_the_file(tmp_path, fm
     usage = subprocess.run(base + ["--nnc-coco-subset", "10"], capture_output=True, text=True, cwd=root, timeout=600,
                            env=env)
     assert usage.returncode == 4 and "--nnc-coco-subset needs --nnc-coco DIR" in usage.stderr
+
+
+def test_device_path_gives_the_cpu_outputs(coco_dir):
+    """The evaluator's device path (batches moved with ``.to``, as on CUDA; here ``cpu:0``) reads the lazily
+    preprocessed COCO batches and gives the CPU path's detections."""
+    from nnconform.evaluate import forward_outputs
+
+    anchor = get_anchor("tv-ssdlite320-mobilenet-v3-large")
+    torch.manual_seed(0)
+    model = anchor.build_architecture().eval()
+    ds = load_coco_val(coco_dir[0], subset=2)
+    cpu = forward_outputs(model, ds, anchor.preprocess, 250, ds.task)
+    moved = forward_outputs(model, ds, anchor.preprocess, 250, ds.task, device="cpu:0")
+    assert torch.equal(cpu, moved)
