@@ -221,7 +221,7 @@ def test_split_graph_of_the_embedded_anchor():
     x = torch.randn((3, *anchor.input_shape), generator=torch.Generator().manual_seed(0))
     ref = model(x)
     branches = {c.name: c.num_tensors for c in graph.cuts}
-    assert branches["/layer2/relu2/Relu"] == 1 and branches["/layer2/relu1/Relu"] == 2  # residual: 2 branches
+    assert branches["layer2.relu2.Relu"] == 1 and branches["layer2.relu1.Relu"] == 2  # residual: 2 branches
     for cut in graph.cuts:
         head, tail = graph.split(cut.name)
         mid = head(x)
@@ -231,7 +231,7 @@ def test_split_graph_of_the_embedded_anchor():
     params, macs = graph.totals()
     for name, p in graph.profiles().items():
         assert p.head_macs + p.tail_macs == macs and p.head_params + p.tail_params - p.shared_params == params, name
-    assert graph.shapes_at((1, 56, 56))["/layer2/relu2/Relu"] == ((32, 28, 28),)
+    assert graph.shapes_at((1, 56, 56))["layer2.relu2.Relu"] == ((32, 28, 28),)
 
 
 def test_split_gates_fail_a_planted_bad_tail():
@@ -242,7 +242,7 @@ def test_split_gates_fail_a_planted_bad_tail():
     model = anchor.build()
     graph = OnnxSplitGraph.from_module(model, anchor.input_shape)
     x = torch.randn((1, *anchor.input_shape), generator=torch.Generator().manual_seed(1))
-    cut = "/layer2/relu2/Relu"
+    cut = "layer2.relu2.Relu"
     assert check_head_tail_identity(NAME, model, graph, [cut], x, trained=True).passed
     assert check_onnx(NAME, graph, [cut], x, trained=True).passed
     real_tail = graph.tail(cut)

@@ -10,6 +10,10 @@ anchor's whole graph runs (:data:`~nnconform.onnxgraph.anchor.OPTIMIZATION`), so
 bit-identical to the model; :meth:`OnnxSplitGraph.verify_optimized` also compares them with every onnxruntime
 optimisation on (within :data:`~.cuts.SPLIT_TOLERANCE`).
 
+A cut is named after its node, with a path-like name (``/layer2/relu2/Relu``, as torch's exporter names
+nodes) written with dots (``layer2.relu2.Relu``): record subjects and case ids join anchor, cut and codec
+with ``/``. The node's own name stays in :attr:`~nnconform.split.cuts.CutPoint.node`.
+
 A cut is catalogued when inference gives every crossing tensor's shape at the anchor's input size and its tail
 reads no graph input; others are left out (the node table, :mod:`.table`, lists them all).
 """
@@ -91,11 +95,16 @@ class OnnxSplitGraph:
             if any(s is None for s in sizes.shapes) or not sizes.cut.tensors:
                 continue
             self._cuts.append(CutPoint(
-                name=sizes.cut.node, index=len(self._cuts), node=sizes.cut.node, tensors=sizes.cut.tensors,
+                name=cut_name(sizes.cut.node), index=len(self._cuts), node=sizes.cut.node, tensors=sizes.cut.tensors,
                 shapes=tuple(tuple(s[1:]) for s in sizes.shapes), dtypes=tuple(_numpy_dtype(d) for d in sizes.dtypes)))
         if not self._cuts:
             raise SplitTraceError("the ONNX graph has no node cut whose crossing tensors have inferred shapes")
-        self.node_names = {c.node for c in self.node_cuts} | {n.name for n in self.model.graph.node if n.name}
+        names = [c.name for c in self._cuts]
+        clash = sorted({n for n in names if names.count(n) > 1})
+        if clash:
+            raise SplitTraceError(f"ONNX nodes whose cut names coincide once '/' is written '.': {clash}")
+        #: what a cut's name may stand for (check_catalogue): the cut names and the graph's node names
+        self.node_names = set(names) | {n.name for n in self.model.graph.node if n.name}
 
     @classmethod
     def from_module(cls, module, input_shape: Sequence[int]) -> "OnnxSplitGraph":
@@ -227,8 +236,14 @@ class OnnxSplitGraph:
     def verify_optimized(self, name: str, x: torch.Tensor):
         """:func:`~.cuts.verify_split` at one cut with onnxruntime's optimisations on (a
         :class:`~.cuts.SplitCheck`)."""
-        return verify_split(self.model, self._node_cut(self.cut(name).node),
+        return verify_split(self.model, self._node_cut(name),
                             {self.input_name: x.detach().cpu().float().numpy()}, threads=max(1, torch.get_num_threads()))
+
+
+def cut_name(node: str) -> str:
+    """A cut's name from its node's: a path-like name (``/layer2/relu2/Relu``) written with dots
+    (``layer2.relu2.Relu``), any other name as it is (TR 26.847's ``vgg0_conv2_fwd``)."""
+    return node.strip("/").replace("/", ".") if "/" in node else node
 
 
 def _with_initializers(model, names: set[str]) -> bytes:
