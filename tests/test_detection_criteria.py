@@ -307,10 +307,9 @@ def test_split_cut_families_refuse_an_unknown_family(tmp_path):
     from nnconform.split.plan import load_plan
 
     text = (anchors_dir() / "split.toml").read_text()
-    assert 'families = ["raw", "uq-per-tensor", "uq-per-channel"]' in text
+    assert 'families = ["raw", "uq-per-tensor"]' in text
     bad = tmp_path / "split.toml"
-    bad.write_text(text.replace('families = ["raw", "uq-per-tensor", "uq-per-channel"]',
-                                'families = ["raw", "uq-per-tensr"]'))
+    bad.write_text(text.replace('families = ["raw", "uq-per-tensor"]', 'families = ["raw", "uq-per-tensr"]'))
     with pytest.raises(PlanError, match=r"cuts.fmnist-mosaic-det.families\[1\]: 'uq-per-tensr' is no family"):
         load_plan(bad)
 
