@@ -346,6 +346,15 @@ def test_update_lineage_points_hold_the_others_back_to_full(tmp_path):
                                                     + lineage_pairs("small", ["e1", "e2"]), evaluates=False)}
     assert tiers["big-e2-e3-quant-8"] == "quick" and tiers["big-e2-e3-quant-4"] == "full"
     assert tiers["small-e1-e2-quant-4"] == "default"  # a lineage without a list keeps every point's tier
+    # a listed lineage is held to its latest update below full: its history (intermediate checkpoints, consecutive
+    # pairs) runs in full, its latest pair and last two checkpoints as before
+    from nnconform.updates.cases import checkpoint_cases, pair_cases
+
+    lineages = {"big": ("e1", "e2", "e3"), "small": ("e1", "e2")}
+    ck = {c.id: c.run_tier for c in checkpoint_cases(plan, lineages)}
+    assert ck["big-e1"] == "full" and ck["big-e3"] == "quick" and ck["small-e1"] == "quick"
+    pairs = {c.id: c.run_tier for c in pair_cases(plan, lineage_pairs("big", ["e1", "e2", "e3"]))}
+    assert pairs["big-e2-e3"] == "quick" and pairs["big-e1-e2"] == "full"
 
 
 @pytest.mark.parametrize("table,match", [

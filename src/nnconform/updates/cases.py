@@ -34,7 +34,8 @@ def checkpoint_cases(plan: UpdatePlan, lineages: Mapping[str, tuple[str, ...]]) 
     """One case per checkpoint: the last two of a lineage from the quick tier, the others from default."""
     for anchor, checkpoints in lineages.items():
         for ck in checkpoints:
-            tier = plan.eval_run_tier(anchor, QUICK if ck in checkpoints[-2:] else DEFAULT)
+            tier = plan.eval_run_tier(anchor, QUICK if ck in checkpoints[-2:] else
+                                      plan.history_run_tier(anchor, DEFAULT))
             yield Case(f"{anchor}-{ck}", (anchor, ck), tier)
 
 
@@ -42,7 +43,7 @@ def pair_cases(plan: UpdatePlan, pairs: Iterable[LineagePair]) -> Iterator[Case]
     """One case per lineage pair: the latest pair from the quick tier, the others from default."""
     for pair in pairs:
         yield Case(pair.id, (pair.anchor, pair), plan.eval_run_tier(pair.anchor, QUICK if pair.kind == "latest"
-                                                                    else DEFAULT))
+                                                                    else plan.history_run_tier(pair.anchor, DEFAULT)))
 
 
 def codec_cases(plan: UpdatePlan, pairs: Iterable[LineagePair], *, evaluates: bool) -> Iterator[Case]:

@@ -162,6 +162,12 @@ class UpdatePlan:
     #: ``[lineage_points]``: lineage -> labels of the points coded on it below the full tier (others: full only)
     lineage_points: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
+    def history_run_tier(self, anchor: str, run_tier: str) -> str:
+        """The run tier of a case about ``anchor``'s history (an intermediate checkpoint's accuracy, a comparison of
+        two checkpoints other than the latest update): ``full`` for a lineage ``[lineage_points]`` lists (it is held
+        to its latest update below the full tier), else ``run_tier``."""
+        return kit.RUN_TIERS[-1] if anchor in self.lineage_points else run_tier
+
     def point_run_tier(self, anchor: str, point: "UpdatePoint") -> str:
         """The lowest run tier of ``point`` on ``anchor``'s lineage: its own, or ``full`` when the anchor lists the
         points it codes below the full tier and this one is not among them (a proposal's point never is held back)."""
