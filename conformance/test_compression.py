@@ -23,6 +23,8 @@ import pytest
 import torch
 
 from nnconform import kit, proposal
+from nnconform.anchors import get_anchor
+from nnconform.compress.calibration import calibration_dataset_name
 from nnconform.compress.checks import check_size_claim, latency_record, not_evaluated
 from nnconform.compress.plan import CompressionPoint, load_plan
 from nnconform.compress.runs import CompressionRuns
@@ -81,7 +83,16 @@ def case_outcome(compression, nnc_session, load_or_skip, nnc_record):
     return get
 
 
-@pytest.mark.parametrize("dataset_name", list(PLAN.calibration))
+def _calibration_params():
+    """One param per calibration list, marked with the anchors that calibrate on it (deselected without them)."""
+    users: dict[str, list[str]] = {}
+    for anchor in PLAN.anchors():
+        users.setdefault(calibration_dataset_name(get_anchor(anchor).dataset), []).append(anchor)
+    for name in PLAN.calibration:
+        yield pytest.param(name, id=name, marks=[pytest.mark.anchors(*users.get(name, ()))])
+
+
+@pytest.mark.parametrize("dataset_name", list(_calibration_params()))
 def test_calibration_disjoint(dataset_name, compression, nnc_record, load_or_skip):
     """The calibration list names distinct samples that exist, and none of its images is byte-identical to an
     image the cases evaluate on (the test split, or for a list carved out of a smoke set, the rest of it)."""

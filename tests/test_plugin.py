@@ -79,6 +79,24 @@ def test_anchor_filter_deselects(suite):
     assert result.ret == 0
 
 
+def test_a_case_serving_several_anchors_runs_only_when_one_of_them_is_selected(pytester):
+    """A case parametrized by something other than one anchor (a calibration list) carries ``anchors(...)``: with
+    none of its anchors selected it is deselected (an ASR calibration corpus is not synthesized for a LeNet-5 run)."""
+    pytester.mkdir("conformance")
+    pytester.path.joinpath("conformance", "test_served.py").write_text(
+        "import pytest\n\n"
+        "@pytest.mark.parametrize('name', [pytest.param('fm', marks=pytest.mark.anchors('fmnist-lenet5', 'fmnist-resnet8')),\n"
+        "                                  pytest.param('asr', marks=pytest.mark.anchors('espeak-convctc'))])\n"
+        "def test_list(name):\n    assert name\n")
+    result = pytester.runpytest_subprocess("conformance", "--nnc-no-report", "-p", "no:cacheprovider",
+                                           "--nnc-anchors", "fmnist-resnet8", "-v")
+    result.assert_outcomes(passed=1, deselected=1)
+    result.stdout.fnmatch_lines(["*test_list?fm? PASSED*"])
+    result = pytester.runpytest_subprocess("conformance", "--nnc-no-report", "-p", "no:cacheprovider",
+                                           "--nnc-anchors", "fmnist-resnet8,espeak-convctc")
+    result.assert_outcomes(passed=2)
+
+
 def test_bad_option_values_are_usage_errors(suite):
     result = _run(suite, "--nnc-tier", "fast")
     assert result.ret == 4 and "choose one of quick, default, full" in result.stderr.str()

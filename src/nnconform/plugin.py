@@ -194,6 +194,8 @@ def activate(config: pytest.Config) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "tier(name): lowest tier (quick|default|full) at which the case runs")
     config.addinivalue_line("markers", "criterion(name): the conformance criterion of the case")
+    config.addinivalue_line("markers", "anchors(*names): a case serving several anchors (not parametrized by one); "
+                            "deselected when --nnc-anchors selects none of them")
     asked = _asks_for_nnconform(config)
     if asked and getattr(config.option, "dist", "no") == "load":
         # pytest-xdist: keep an anchor's cases on one worker so each worker loads a model once
@@ -341,14 +343,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         if parallel and "benchmark" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.skip(reason=XDIST_TIMING_SKIP))
-        if anchor is not None:
-            item.add_marker(pytest.mark.xdist_group(anchor))
+        served = item.get_closest_marker("anchors")
+        if anchor is not None or served is not None:
+            if anchor is not None:
+                item.add_marker(pytest.mark.xdist_group(anchor))
             if selected is None:
                 try:
                     selected = set(select_anchors(session.config.anchors))
                 except KeyError as exc:
                     raise pytest.UsageError(f"--nnc-anchors {session.config.anchors!r}: {exc.args[0]}") from None
-            if anchor not in selected:
+            if (anchor not in selected) if anchor is not None else not selected.intersection(served.args):
                 drop.append(item)
                 continue
         marker = item.get_closest_marker("tier")
