@@ -58,3 +58,13 @@ def test_missing_espeak_says_what_to_install(monkeypatch):
     monkeypatch.setattr(synth.shutil, "which", lambda name: None)
     with pytest.raises(DatasetUnavailable, match="apt-get install espeak-ng"):
         synth.espeak_version()
+
+
+@needs_espeak
+def test_the_corpus_does_not_depend_on_how_many_espeak_processes_run_at_once():
+    """Every utterance's words and voice are drawn before espeak-ng runs in parallel: one worker and four give the
+    same samples, transcripts and ids in the same order (the corpus key does not know the worker count)."""
+    recipe = _tiny(count=12, max_seconds=1.0)  # short enough that some sentences lose words: that path too
+    one, four = synth.generate(recipe, workers=1), synth.generate(recipe, workers=4)
+    assert [w.tobytes() for w in one[0]] == [w.tobytes() for w in four[0]]
+    assert one[1:] == four[1:] and len(one[2]) == 12

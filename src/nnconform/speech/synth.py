@@ -19,11 +19,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import random
 import re
 import shutil
 import subprocess
 import wave
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -117,24 +119,32 @@ def _trim(samples: np.ndarray, threshold: int) -> np.ndarray:
     return samples[max(0, loud[0] - pad):loud[-1] + 1 + pad]
 
 
-def generate(recipe: CorpusRecipe) -> tuple[list[np.ndarray], list[str], list[str]]:
-    """Speak the recipe's utterances: (int16 samples, transcripts, utterance ids with their voice)."""
+def _utterance(words: list[str], voice: str, rate: int, pitch: int, limit: int, threshold: int):
+    """Speak ``words``; a sentence longer than ``limit`` samples loses its last word until it fits."""
+    while True:
+        samples = _trim(speak(" ".join(words), voice, rate, pitch), threshold)
+        if samples.size <= limit or len(words) == 1:
+            return samples[:limit], " ".join(words)
+        words = words[:-1]
+
+
+def generate(recipe: CorpusRecipe, workers: int | None = None) -> tuple[list[np.ndarray], list[str], list[str]]:
+    """Speak the recipe's utterances: (int16 samples, transcripts, utterance ids with their voice).
+
+    Every utterance's words, voice, rate and pitch are drawn first, in order, from the seeded generator; then the
+    espeak-ng processes run ``workers`` at a time (default: one per CPU), so the corpus does not depend on them."""
     rng = random.Random(recipe.seed)
     limit = int(recipe.max_seconds * SAMPLE_RATE)
-    waves, texts, ids = [], [], []
+    jobs, ids = [], []
     for n in range(recipe.count):
         words = [rng.choice(recipe.words) for _ in range(rng.randint(recipe.min_words, recipe.max_words))]
         voice = f"{rng.choice(recipe.accents)}+{rng.choice(recipe.variants)}"
         rate, pitch = rng.randint(*recipe.rate_wpm), rng.randint(*recipe.pitch)
-        while True:
-            samples = _trim(speak(" ".join(words), voice, rate, pitch), recipe.silence_threshold)
-            if samples.size <= limit or len(words) == 1:
-                break
-            words = words[:-1]
-        waves.append(samples[:limit])
-        texts.append(" ".join(words))
+        jobs.append((words, voice, rate, pitch, limit, recipe.silence_threshold))
         ids.append(f"{recipe.split}-{n:05d}-{voice}-s{rate}-p{pitch}")
-    return waves, texts, ids
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:  # each job waits on a process
+        spoken = list(pool.map(lambda job: _utterance(*job), jobs))
+    return [w for w, _ in spoken], [t for _, t in spoken], ids
 
 
 def load_synthetic(split: str, cache_dir: str | Path, recipe: CorpusRecipe | None = None) -> SpeechDataset:
