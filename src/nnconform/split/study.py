@@ -336,18 +336,17 @@ def _code_batch(r: CodedResult, codec, batch: torch.Tensor | tuple[torch.Tensor,
     r._chunks.append(logits)
 
 
-def _code_tensor(r: CodedResult, codec, batch: torch.Tensor, label: str,
-                 determinism_left: int) -> tuple[list[int], list[torch.Tensor]]:
-    """One crossing tensor of a batch coded and decoded (see :func:`_code_batch`): payload sizes and decoded samples;
-    the feature-error figures accumulate on ``r``. Raises :class:`CodecContractError` on a broken protocol."""
-    decoded = []
-    sizes = []
-    n = batch.shape[0]
+def _round_trip(r: CodedResult, label: str, samples: list, copy, encode_many, decode_many, determinism_left: int,
+                encode_name: str, decode_name: str) -> tuple[list[bytes], list]:
+    """Encode ``samples`` and fresh copies of the first ``determinism_left`` of them in one call (their payloads must
+    repeat byte for byte), then decode the payloads in a seeded, shuffled order (a decoder that keeps state from one
+    payload to the next is caught): (payloads, decoded outputs in sample order). Raises
+    :class:`CodecContractError` on a broken protocol."""
+    n = len(samples)
     again = min(max(determinism_left, 0), n)
-    samples = [batch[i] for i in range(n)]
-    coded = codec.encode_many(samples + [batch[i].clone() for i in range(again)])
+    coded = encode_many(samples + [copy(samples[i]) for i in range(again)])
     if not isinstance(coded, list) or len(coded) != n + again:
-        raise CodecContractError(f"{label}: encode_many returned {type(coded).__name__} of "
+        raise CodecContractError(f"{label}: {encode_name} returned {type(coded).__name__} of "
                                  f"{len(coded) if isinstance(coded, list) else '?'} payloads for {n + again} samples")
     for p in coded:
         check_payload(p, label)
@@ -356,17 +355,30 @@ def _code_tensor(r: CodedResult, codec, batch: torch.Tensor, label: str,
         if coded[n + i] != payloads[i]:
             first = next((j for j in range(min(len(coded[n + i]), len(payloads[i])))
                           if coded[n + i][j] != payloads[i][j]), min(len(coded[n + i]), len(payloads[i])))
-            raise CodecContractError(f"{label}: encode is not deterministic: two encodings of the same tensor "
+            raise CodecContractError(f"{label}: encode is not deterministic: two encodings of sample {r.n + i} "
                                      f"differ ({len(payloads[i])} and {len(coded[n + i])} bytes, first "
                                      f"difference at byte {first})")
         r.determinism_checked += 1
     order = torch.randperm(n, generator=torch.Generator().manual_seed(r.n + 7919)).tolist()
-    shuffled = codec.decode_many([payloads[j] for j in order])
+    shuffled = decode_many([payloads[j] for j in order])
     if not isinstance(shuffled, list) or len(shuffled) != n:
-        raise CodecContractError(f"{label}: decode_many returned {type(shuffled).__name__} for {n} payloads")
+        raise CodecContractError(f"{label}: {decode_name} returned {type(shuffled).__name__} for {n} payloads")
     outputs = [None] * n
     for pos, j in enumerate(order):
         outputs[j] = shuffled[pos]
+    return payloads, outputs
+
+
+def _code_tensor(r: CodedResult, codec, batch: torch.Tensor, label: str,
+                 determinism_left: int) -> tuple[list[int], list[torch.Tensor]]:
+    """One crossing tensor of a batch coded and decoded (see :func:`_code_batch`): payload sizes and decoded samples;
+    the feature-error figures accumulate on ``r``. Raises :class:`CodecContractError` on a broken protocol."""
+    decoded = []
+    sizes = []
+    n = batch.shape[0]
+    samples = [batch[i] for i in range(n)]
+    payloads, outputs = _round_trip(r, label, samples, lambda x: x.clone(), codec.encode_many, codec.decode_many,
+                                    determinism_left, "encode_many", "decode_many")
     for i in range(n):
         sample, payload, dec = samples[i], payloads[i], outputs[i]
         check_decoded(dec, sample, label)
@@ -392,26 +404,9 @@ def _code_batch_joint(r: CodedResult, codec, batch: tuple[torch.Tensor, ...], ta
     n = batch[0].shape[0]
     try:
         samples = [tuple(t[i] for t in batch) for i in range(n)]
-        again = min(max(determinism_left, 0), n)
-        coded = codec.encode_joint_many(samples + [tuple(t.clone() for t in samples[i]) for i in range(again)])
-        if not isinstance(coded, list) or len(coded) != n + again:
-            raise CodecContractError(f"{label}: encode_joint_many returned {type(coded).__name__} of "
-                                     f"{len(coded) if isinstance(coded, list) else '?'} payloads for {n + again} samples")
-        for p in coded:
-            check_payload(p, label)
-        payloads = coded[:n]
-        for i in range(again):
-            if coded[n + i] != payloads[i]:
-                raise CodecContractError(f"{label}: encode is not deterministic: two joint encodings of sample "
-                                         f"{r.n + i} differ ({len(payloads[i])} and {len(coded[n + i])} bytes)")
-            r.determinism_checked += 1
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(r.n + 7919)).tolist()
-        shuffled = codec.decode_joint_many([payloads[j] for j in order])
-        if not isinstance(shuffled, list) or len(shuffled) != n:
-            raise CodecContractError(f"{label}: decode_joint_many returned {type(shuffled).__name__} for {n} payloads")
-        outputs = [None] * n
-        for pos, j in enumerate(order):
-            outputs[j] = shuffled[pos]
+        payloads, outputs = _round_trip(r, label, samples, lambda x: tuple(t.clone() for t in x),
+                                        codec.encode_joint_many, codec.decode_joint_many, determinism_left,
+                                        "encode_joint_many", "decode_joint_many")
         for i in range(n):
             dec = outputs[i]
             if not isinstance(dec, (tuple, list)) or len(dec) != k:
