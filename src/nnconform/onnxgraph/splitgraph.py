@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from ..split.cuts import CutPoint, SplitTraceError
+from ..split.cuts import CutCatalogue, CutPoint, SplitTraceError
 from .cuts import NodeCut, find_cut, node_cuts, prepare, shapes_at, split_model, verify_split
 from .files import real_inputs
 
@@ -79,7 +79,7 @@ class _Runner:
         return [torch.from_numpy(np.ascontiguousarray(g)) for g in got]
 
 
-class OnnxSplitGraph:
+class OnnxSplitGraph(CutCatalogue):
     """The node cuts of an ONNX graph, as the split criterion reads a traced graph (module docstring)."""
 
     #: ``tail(head(x))`` is expected bit-identical to the model (no optimisation on either side)
@@ -103,6 +103,7 @@ class OnnxSplitGraph:
         clash = sorted({n for n in names if names.count(n) > 1})
         if clash:
             raise SplitTraceError(f"ONNX nodes whose cut names coincide once '/' is written '.': {clash}")
+        self._by_name = {c.name: c for c in self._cuts}
         #: what a cut's name may stand for (check_catalogue): the cut names and the graph's node names
         self.node_names = set(names) | {n.name for n in self.model.graph.node if n.name}
 
@@ -115,25 +116,8 @@ class OnnxSplitGraph:
 
     # -- the catalogue -------------------------------------------------------------------------
 
-    @property
-    def cuts(self) -> list[CutPoint]:
-        """Every catalogued cut, in node order."""
-        return list(self._cuts)
-
-    @property
-    def single_cuts(self) -> list[CutPoint]:
-        """Cuts where exactly one tensor crosses."""
-        return [c for c in self._cuts if c.single]
-
-    def cut(self, name: str) -> CutPoint:
-        """One cut by node name; a :class:`SplitTraceError` with close names otherwise."""
-        for c in self._cuts:
-            if c.name == name:
-                return c
-        import difflib
-
-        close = difflib.get_close_matches(name, [c.name for c in self._cuts], n=3)
-        raise SplitTraceError(f"no catalogued ONNX node cut {name!r}" + (f"; did you mean {close}?" if close else ""))
+    def _graph_label(self) -> str:
+        return "the ONNX graph"
 
     def _node_cut(self, name: str) -> NodeCut:
         return find_cut(self.node_cuts, self.cut(name).node)

@@ -111,7 +111,42 @@ def _is_plain_container(module: nn.Module) -> bool:
     return type(module) in PLAIN_CONTAINERS
 
 
-class SplitGraph:
+class CutCatalogue:
+    """A split graph's catalogue of cuts by name: what the criterion reads of a torch.fx graph
+    (:class:`SplitGraph`) and of an ONNX graph (:class:`nnconform.onnxgraph.splitgraph.OnnxSplitGraph`) alike.
+    A subclass sets ``_cuts`` (in execution order) and ``_by_name``."""
+
+    _cuts: list[CutPoint]
+    _by_name: dict[str, CutPoint]
+
+    @property
+    def cuts(self) -> list[CutPoint]:
+        """Every catalogued cut, in execution order."""
+        return list(self._cuts)
+
+    @property
+    def single_cuts(self) -> list[CutPoint]:
+        """The cuts where exactly one tensor crosses."""
+        return [c for c in self._cuts if c.single]
+
+    def cut(self, name: str) -> CutPoint:
+        """One cut by name; an error listing the valid names (and the closest ones) otherwise."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            import difflib
+
+            close = difflib.get_close_matches(name, self._by_name, n=3)
+            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+            raise SplitTraceError(f"{self._graph_label()} has no cut named {name!r}{hint}; "
+                                  f"cuts: {[c.name for c in self._cuts]}") from None
+
+    def _graph_label(self) -> str:
+        """What the error of :meth:`cut` calls the graph."""
+        return type(self).__name__
+
+
+class SplitGraph(CutCatalogue):
     """A traced model with its catalogue of cuts; builds heads, tails and feature probes.
 
     Build it with :meth:`SplitGraph.trace`. Heads and tails share the model's parameters.
@@ -153,27 +188,8 @@ class SplitGraph:
 
     # ---- catalogue ----------------------------------------------------------------------
 
-    @property
-    def cuts(self) -> list[CutPoint]:
-        """Every catalogued cut, in execution order."""
-        return list(self._cuts)
-
-    @property
-    def single_cuts(self) -> list[CutPoint]:
-        """The cuts where exactly one tensor crosses."""
-        return [c for c in self._cuts if c.single]
-
-    def cut(self, name: str) -> CutPoint:
-        """One cut by name; an error listing the valid names otherwise."""
-        try:
-            return self._by_name[name]
-        except KeyError:
-            import difflib
-
-            close = difflib.get_close_matches(name, self._by_name, n=3)
-            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-            raise SplitTraceError(f"{type(self.model).__name__} has no cut named {name!r}{hint}; "
-                                  f"cuts: {[c.name for c in self._cuts]}") from None
+    def _graph_label(self) -> str:
+        return type(self.model).__name__
 
     def shapes_at(self, input_shape: Sequence[int]) -> dict[str, tuple[tuple[int, ...], ...]]:
         """Per-sample shapes of every cut's tensors for another input size (one zero forward).
