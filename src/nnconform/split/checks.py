@@ -78,11 +78,10 @@ def check_catalogue(anchor: str, model: torch.nn.Module, graph: SplitGraph,
     if not graph.single_cuts:
         problems.append("no cut hands over exactly one tensor")
     modules = dict(model.named_modules())
-    # an ONNX anchor's cuts are named after graph nodes (onnxgraph.splitgraph)
-    fx_names = graph.node_names if hasattr(graph, "node_names") else {n.name for n in graph.gm.graph.nodes}
+    node_names = graph.node_names  # an ONNX anchor's cuts are named after its graph's nodes (onnxgraph.splitgraph)
     for c in graph.cuts:
         base = c.name.split("@")[0]
-        if base not in modules and base not in fx_names:
+        if base not in modules and base not in node_names:
             problems.append(f"cut {c.name!r} is neither a module of the model nor a node of its graph")
     for run_tier, listed in plan_cuts.items():
         for n in listed:

@@ -191,6 +191,23 @@ class SplitGraph(CutCatalogue):
     def _graph_label(self) -> str:
         return type(self.model).__name__
 
+    @property
+    def node_names(self) -> set[str]:
+        """The traced graph's node names (what a cut's name may stand for besides a module)."""
+        return {n.name for n in self.gm.graph.nodes}
+
+    def totals(self) -> tuple[int, int]:
+        """``(parameters, MACs)`` of the whole model at the traced input shape."""
+        from ..profile import count_macs, count_params
+
+        return count_params(self.model), count_macs(self.model, self.input_shape)
+
+    def profiles(self) -> dict:
+        """Head and tail MACs and parameters of every cut (:func:`nnconform.split.features.profile_cuts`)."""
+        from .features import profile_cuts
+
+        return profile_cuts(self)
+
     def shapes_at(self, input_shape: Sequence[int]) -> dict[str, tuple[tuple[int, ...], ...]]:
         """Per-sample shapes of every cut's tensors for another input size (one zero forward).
 

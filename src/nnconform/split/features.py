@@ -37,11 +37,9 @@ def profile_cuts(graph: SplitGraph) -> dict[str, CutProfile]:
 
     MACs come from ``torch.utils.flop_counter`` (FLOPs / 2, as :func:`nnconform.profile.count_macs`),
     accumulated node by node, so head MACs are the running total at the cut and tail MACs the
-    rest. Parameters are counted once per side, by identity, like ``count_params``. An ONNX anchor's graph
-    (:class:`~nnconform.onnxgraph.splitgraph.OnnxSplitGraph`) counts its cut graphs itself.
+    rest. Parameters are counted once per side, by identity, like ``count_params``. (An ONNX anchor's graph counts
+    its cut graphs itself: ``graph.profiles()`` reads either kind.)
     """
-    if not isinstance(graph, SplitGraph):
-        return graph.profiles()
     order = graph._order
     positions = graph._positions
     running: dict[fx.Node, int] = {}

@@ -21,7 +21,7 @@ import torch
 from .. import kit
 from . import catalogue
 from .cuts import SplitGraph
-from .features import profile_cuts, resolution_scaling
+from .features import resolution_scaling
 from .plan import SplitPlan, SplitPoint
 from .study import SplitStudy, run_study
 
@@ -221,7 +221,6 @@ class SplitRuns:
         weights file (``WeightsIntegrityError``) is raised."""
         from ..anchors import WeightsUnavailable
         from ..data import DatasetUnavailable
-        from ..profile import count_macs, count_params
 
         anchor = session.anchor(anchor_name)
         try:
@@ -229,16 +228,13 @@ class SplitRuns:
         except (WeightsUnavailable, DatasetUnavailable) as exc:
             study, missing = None, str(exc)
         if study is not None:
-            model, graph = session.model(anchor_name), study.graph
+            graph = study.graph
             profiles, scaling, stats = study.profiles, study.resolution_numel, study.stats
         else:
-            model, graph, _ = self.model(session, anchor_name)
+            _, graph, _ = self.model(session, anchor_name)
             resolutions = self.plan.resolutions.get(anchor.dataset, (anchor.input_shape[-1],))
-            profiles, scaling, stats = profile_cuts(graph), resolution_scaling(graph, resolutions), {}
-        if hasattr(graph, "totals"):  # an ONNX graph: torch cannot count inside onnxruntime
-            total_params, total_macs = graph.totals()
-        else:
-            total_params, total_macs = count_params(model), count_macs(model, anchor.input_shape)
+            profiles, scaling, stats = graph.profiles(), resolution_scaling(graph, resolutions), {}
+        total_params, total_macs = graph.totals()  # an ONNX graph counts itself: torch cannot see inside onnxruntime
         return {"graph": graph, "profiles": profiles, "scaling": scaling, "stats": stats, "study": study,
                 "missing": missing, "total_macs": total_macs, "total_params": total_params}
 
@@ -283,7 +279,7 @@ class SplitRuns:
             cache = SplitResultCache(Path(session.config.cache_dir), stream, len(dataset))
         return run_study(
             anchor_name, graph, dataset.batches(anchor.preprocess, batch), coded=plan, stats_cuts=documented,
-            stats_samples=run.stats_samples, profiles=profile_cuts(graph),
+            stats_samples=run.stats_samples, profiles=graph.profiles(),
             resolution_numel=resolution_scaling(graph, resolutions),
             dataset=f"{dataset.name}/{dataset.split}", smoke=dataset.smoke, cache=cache,
             determinism_checks=DETERMINISM_CHECKS,
